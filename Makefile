@@ -1,0 +1,38 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv if missing,
+# install the project (CPU torch, pinned), and are safe to re-run.
+VENV ?= .venv
+PYTHON ?= python3.11
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_ENV := CLINAIOPS_ENVIRONMENT=demo CLINAIOPS_COOKIE_SECURE=false
+
+.PHONY: install demo test test-postgres lint clean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(DEMO_ENV) $(VENV)/bin/clinaiops demo
+
+test: install
+	$(PY) -m pytest
+
+# Database tests again on PostgreSQL, in a fresh database (see docs/postgresql.md).
+test-postgres: install
+	bash .ci/postgres-tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) var .hypothesis

@@ -1,0 +1,14 @@
+"""Import every table module so SQLModel.metadata is complete (Alembic, tests)."""
+
+from sqlmodel import SQLModel
+
+import app.auth.models
+import app.patients.models
+import audit.models
+import device_ingest.models
+import loops.models
+import policies.models
+
+metadata = SQLModel.metadata
+
+__all__ = ["app", "audit", "device_ingest", "loops", "metadata", "policies"]

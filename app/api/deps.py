@@ -1,0 +1,312 @@
+"""FastAPI dependencies: the session, the caller, and the one authorization dependency."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from app.auth import service as auth_service
+from app.auth.models import User
+from app.auth.principal import AuthMethod, Principal, PrincipalKind
+from app.auth.security import TokenInvalid, decode_access_token, parse_device_key
+from app.core.config import Settings
+from app.core.errors import ProblemError
+from audit import service as audit
+from audit.models import Outcome
+from device_ingest import service as devices
+from policies import service as policy
+from policies.scopes import ROLE_SCOPES
+
+SESSION_COOKIE = "clinaiops_session"
+CSRF_HEADER = "x-csrf-token"
+_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def get_settings_dep(request: Request) -> Settings:
+    """The settings the app was built with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request; routes commit, anything left uncommitted rolls back."""
+    with request.app.state.session_factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+class Audience(StrEnum):
+    """Which credentials a route accepts: people's tokens or device keys, never both."""
+
+    USER = "user"
+    DEVICE = "device"
+
+
+def audit_denial(
+    request: Request,
+    session: Session,
+    *,
+    principal: Principal | None,
+    action: str,
+    resource_type: str,
+    code: str,
+    patient_id: str | None = None,
+    resource_id: str | None = None,
+) -> None:
+    """Abandon the request's work and commit the denial's audit entry in its place.
+
+    The same session is reused: a second connection would wait on the write lock this
+    request's own transaction holds (SQLite takes it at BEGIN IMMEDIATE).
+    """
+    session.rollback()
+    audit.record(
+        session,
+        actor=principal.actor if principal else "anonymous",
+        actor_role=principal.role if principal else "anonymous",
+        action=action,
+        resource_type=resource_type,
+        resource_id=resource_id,
+        patient_id=patient_id,
+        outcome=Outcome.DENIED,
+        details={"code": code, "method": request.method, "path": request.url.path},
+    )
+    session.commit()
+
+
+def _deny_auth(
+    request: Request,
+    session: Session,
+    code: str,
+    detail: str,
+    *,
+    status: int = 401,
+    principal: Principal | None = None,
+) -> ProblemError:
+    audit_denial(
+        request,
+        session,
+        principal=principal,
+        action="auth.denied",
+        resource_type="request",
+        code=code,
+    )
+    headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else {}
+    return ProblemError(status, code, detail, headers=headers)
+
+
+def _bearer(request: Request, session: Session) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise _deny_auth(
+            request, session, "unauthenticated", "use an Authorization: Bearer credential"
+        )
+    return value.strip()
+
+
+def _user_principal(
+    request: Request, session: Session, settings: Settings, token: str
+) -> Principal:
+    try:
+        claims = decode_access_token(token, settings)
+    except TokenInvalid as exc:
+        raise _deny_auth(request, session, exc.code, str(exc)) from exc
+    user = session.get(User, int(claims["sub"])) if str(claims["sub"]).isdigit() else None
+    if user is None or not user.is_active:
+        raise _deny_auth(request, session, "account_disabled", "this account is disabled")
+    if claims.get("role") != user.role:
+        raise _deny_auth(request, session, "token_invalid", "the token's role no longer applies")
+    return Principal(
+        PrincipalKind.USER,
+        str(user.id),
+        str(user.role),
+        AuthMethod.BEARER,
+        username=user.username,
+        full_name=user.full_name,
+        patient_id=user.patient_id,
+        scopes=frozenset(str(claims.get("scope", "")).split()),
+    )
+
+
+def _cookie_principal(
+    request: Request, session: Session, settings: Settings, cookie: str
+) -> Principal:
+    state, web = auth_service.resume_session(session, token=cookie, settings=settings)
+    if state is not auth_service.SessionState.ACTIVE or web is None:
+        if web is not None:
+            session.commit()  # keep the revocation of an expired session
+        raise _deny_auth(request, session, str(state), "your session has ended; sign in again")
+    user = session.get(User, web.user_id)
+    if user is None or not user.is_active:
+        raise _deny_auth(request, session, "account_disabled", "this account is disabled")
+    return Principal(
+        PrincipalKind.USER,
+        str(user.id),
+        str(user.role),
+        AuthMethod.COOKIE,
+        username=user.username,
+        full_name=user.full_name,
+        patient_id=user.patient_id,
+        scopes=ROLE_SCOPES.get(user.role, frozenset()),
+        session_id=web.id,
+        csrf_token=web.csrf_token,
+    )
+
+
+def _device_principal(request: Request, session: Session, key: str) -> Principal:
+    device = devices.authenticate_key(session, key=key)
+    if device is None:
+        raise _deny_auth(request, session, "device_key_invalid", "unknown or revoked device key")
+    return Principal(
+        PrincipalKind.DEVICE,
+        device.id,
+        "device",
+        AuthMethod.DEVICE_KEY,
+        patient_id=device.patient_id,
+    )
+
+
+async def csrf_form_value(request: Request) -> str | None:
+    """The `csrf_token` field of an HTML form post (portal forms work without JavaScript)."""
+    if request.method not in _UNSAFE or SESSION_COOKIE not in request.cookies:
+        return None
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        return None
+    value = (await request.form()).get("csrf_token")
+    return value if isinstance(value, str) else None
+
+
+CsrfFormDep = Annotated[str | None, Depends(csrf_form_value)]
+
+
+def authenticate(
+    request: Request,
+    session: Session,
+    settings: Settings,
+    audience: Audience,
+    csrf_form: str | None = None,
+) -> Principal:
+    """Identify the caller from a bearer token, device key or session cookie."""
+    token = _bearer(request, session)
+    if token is not None and parse_device_key(token) is not None:
+        principal = _device_principal(request, session, token)
+        if audience is not Audience.DEVICE:
+            raise _deny_auth(
+                request,
+                session,
+                "device_key_not_allowed",
+                "device keys are accepted only on device endpoints",
+                status=403,
+                principal=principal,
+            )
+        return principal
+    if token is not None:
+        principal = _user_principal(request, session, settings, token)
+    elif (cookie := request.cookies.get(SESSION_COOKIE)) is not None:
+        principal = _cookie_principal(request, session, settings, cookie)
+        if request.method in _UNSAFE:
+            sent = request.headers.get(CSRF_HEADER) or csrf_form
+            if not sent or not hmac.compare_digest(str(sent), principal.csrf_token or ""):
+                raise _deny_auth(
+                    request,
+                    session,
+                    "csrf_failed",
+                    "missing or wrong CSRF token",
+                    status=403,
+                    principal=principal,
+                )
+    else:
+        raise _deny_auth(request, session, "unauthenticated", "authentication required")
+    if audience is Audience.DEVICE:
+        raise _deny_auth(
+            request,
+            session,
+            "device_key_required",
+            "this endpoint accepts only device keys",
+            status=403,
+            principal=principal,
+        )
+    return principal
+
+
+@dataclass
+class Access:
+    """A granted access: who, to which patient, and the audit entry this act will commit."""
+
+    principal: Principal
+    patient_id: str | None
+    relation: policy.Relation
+    entry: audit.PendingEntry
+    resource: str
+    action: str
+
+
+AUTHZ_MARK = "__clinaiops_authz__"
+
+
+def require(
+    resource: str,
+    action: str,
+    *,
+    patient_param: str | None = None,
+    audience: Audience = Audience.USER,
+) -> Any:
+    """The authorization dependency every route declares: authenticate, enforce, audit.
+
+    The patient id, if any, is read from the path parameter `patient_param`. On success the
+    act's audit entry is queued on the request's session; the route may enrich it and must
+    commit. On denial the denial is audited and the request ends with 401/403/404.
+    """
+
+    def dependency(
+        request: Request, session: SessionDep, settings: SettingsDep, csrf_form: CsrfFormDep
+    ) -> Access:
+        principal = authenticate(request, session, settings, audience, csrf_form)
+        patient_id = request.path_params.get(patient_param) if patient_param else None
+        decision = policy.decide(
+            session, principal=principal, resource=resource, action=action, patient_id=patient_id
+        )
+        if not decision.allowed:
+            audit_denial(
+                request,
+                session,
+                principal=principal,
+                action=f"{resource}.{action}",
+                resource_type=resource,
+                code=decision.code,
+                patient_id=patient_id,
+            )
+            raise ProblemError(decision.status, decision.code, decision.reason)
+        entry = audit.record(
+            session,
+            actor=principal.actor,
+            actor_role=principal.role,
+            action=f"{resource}.{action}",
+            resource_type=resource,
+            resource_id=patient_id,
+            patient_id=patient_id,
+        )
+        return Access(principal, patient_id, decision.relation, entry, resource, action)
+
+    setattr(dependency, AUTHZ_MARK, (resource, action, audience))
+    return Depends(dependency)
+
+
+def public_route(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a route as deliberately unauthenticated (health, login); tests list them."""
+    setattr(func, "__clinaiops_public__", True)  # noqa: B010
+    return func

@@ -1,0 +1,384 @@
+"""The `clinaiops` command line."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn
+from sqlalchemy import select
+from sqlmodel import col
+
+from app.auth import service as auth_service
+from app.auth.models import Role, User
+from app.core.config import Settings, get_settings
+from app.db import session_scope
+from audit import keys as audit_keys
+from audit import service as audit
+from device_ingest import service as devices
+from device_ingest.models import DeviceClass
+
+cli = typer.Typer(
+    help="ClinAIOps: clinical AI operations.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+users_cli = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+devices_cli = typer.Typer(help="Manage patient devices.", no_args_is_help=True)
+audit_cli = typer.Typer(help="Check and prove the audit trail.", no_args_is_help=True)
+cli.add_typer(users_cli, name="users")
+cli.add_typer(devices_cli, name="devices")
+cli.add_typer(audit_cli, name="audit")
+console = Console(stderr=True)
+
+
+class CliError(Exception):
+    """A failure reported as one line and a non-zero exit."""
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CliError(f"invalid settings: {first['msg']}") from exc
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _record(session: Any, action: str, **kw: Any) -> None:
+    audit.record(session, actor=_actor(), actor_role="operator", action=action, **kw)
+
+
+@cli.command()
+def init() -> None:
+    """Migrate the database to the newest schema and create the audit signing key."""
+    settings = _settings()
+    from app.migrate import upgrade
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True
+    ) as progress:
+        progress.add_task("Migrating the database", total=None)
+        upgrade(settings.database_url)
+    assert settings.signing_key_path is not None
+    created = audit_keys.create_signing_key(settings.signing_key_path)
+    console.print(
+        f"database at head; signing key {'created' if created else 'present'} "
+        f"at {settings.signing_key_path}"
+    )
+
+
+@cli.command()
+def seed(
+    demo: Annotated[bool, typer.Option("--demo", help="Seed the synthetic demo cohort.")] = False,
+    patients: Annotated[int, typer.Option(min=2, max=500)] = 12,
+) -> None:
+    """Seed data; `--demo` creates demo users, care teams and patients."""
+    if not demo:
+        raise CliError("nothing to seed: pass --demo")
+    settings = _settings()
+    from app.seed import seed_demo
+
+    with session_scope() as session:
+        result = seed_demo(session, settings=settings, n_patients=patients)
+        if result.already_seeded:
+            console.print("demo data already present; nothing changed")
+            return
+        _record(
+            session,
+            "seed.demo",
+            resource_type="system",
+            details={"users": len(result.logins), "patients": result.patients},
+        )
+        session.commit()
+    _print_logins(result.logins, result.password, result.password_generated)
+    console.print(f"device keys for the simulator: {result.device_keys_file}")
+
+
+def _print_logins(logins: list[tuple[str, str]], password: str, generated: bool) -> None:
+    staff = [u for u, r in logins if r != "patient"]
+    pts = [u for u, r in logins if r == "patient"]
+    console.print("demo logins: " + ", ".join(staff) + f", {pts[0]}..{pts[-1]}")
+    if generated:
+        console.print(
+            f"demo password (generated; set CLINAIOPS_DEMO_PASSWORD to choose): {password}"
+        )
+    else:
+        console.print("demo password: the value of CLINAIOPS_DEMO_PASSWORD")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64)] = 1,
+) -> None:
+    """Upgrade the database and serve the API and portal."""
+    settings = _settings()
+    import uvicorn
+
+    from app.migrate import upgrade
+
+    upgrade(settings.database_url)
+    assert settings.signing_key_path is not None
+    audit_keys.create_signing_key(settings.signing_key_path)
+    console.print(f"portal: http://{host}:{port}/portal/  API docs: http://{host}:{port}/docs")
+    uvicorn.run(
+        "app.main:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=False,
+        server_header=False,
+        log_level="info",
+    )
+
+
+@cli.command()
+def demo(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+) -> None:
+    """Initialise, seed the demo cohort and serve."""
+    init()
+    seed(demo=True)
+    serve(host=host, port=port)
+
+
+@users_cli.command("create")
+def users_create(
+    username: Annotated[str, typer.Option()],
+    role: Annotated[Role, typer.Option()],
+    full_name: Annotated[str, typer.Option("--full-name")],
+    patient_id: Annotated[str | None, typer.Option("--patient-id")] = None,
+    clinical_lead: Annotated[bool, typer.Option("--clinical-lead")] = False,
+    password: Annotated[
+        str | None,
+        typer.Option(envvar="CLINAIOPS_NEW_USER_PASSWORD", help="Prompted for when not given."),
+    ] = None,
+) -> None:
+    """Create a user account."""
+    settings = _settings()
+    if password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    with session_scope() as session:
+        try:
+            user = auth_service.create_user(
+                session,
+                username=username,
+                password=password,
+                full_name=full_name,
+                role=role,
+                settings=settings,
+                patient_id=patient_id,
+                is_clinical_lead=clinical_lead,
+            )
+        except auth_service.UserError as exc:
+            raise CliError(str(exc)) from exc
+        _record(
+            session,
+            "user.create",
+            resource_type="user",
+            resource_id=str(user.id),
+            details={"role": str(role)},
+        )
+        session.commit()
+        typer.echo(
+            json.dumps({"user_id": user.id, "username": user.username, "role": str(user.role)})
+        )
+
+
+@users_cli.command("disable")
+def users_disable(username: Annotated[str, typer.Option()]) -> None:
+    """Disable a user account at once."""
+    with session_scope() as session:
+        user = session.scalars(select(User).where(col(User.username) == username.lower())).first()
+        if user is None:
+            raise CliError(f"no user {username}")
+        auth_service.disable_user(session, user=user)
+        _record(session, "user.disable", resource_type="user", resource_id=str(user.id))
+        session.commit()
+    console.print(f"disabled {username}")
+
+
+@devices_cli.command("create")
+def devices_create(
+    patient: Annotated[str, typer.Option("--patient", help="Patient id.")],
+    device_class: Annotated[DeviceClass, typer.Option("--device-class")],
+    manufacturer: Annotated[str, typer.Option()] = "",
+    model: Annotated[str, typer.Option()] = "",
+    firmware: Annotated[str, typer.Option()] = "",
+) -> None:
+    """Register a device; prints its id, patient and API key (shown this once) as JSON."""
+    with session_scope() as session:
+        try:
+            device, key = devices.register(
+                session,
+                patient_id=patient,
+                device_class=device_class,
+                manufacturer=manufacturer,
+                model=model,
+                firmware_version=firmware,
+            )
+        except devices.DeviceError as exc:
+            raise CliError(str(exc)) from exc
+        _record(
+            session,
+            "device.register",
+            resource_type="device",
+            resource_id=device.id,
+            patient_id=device.patient_id,
+            details={"device_class": str(device_class)},
+        )
+        session.commit()
+        typer.echo(
+            json.dumps(
+                {
+                    "device_id": device.id,
+                    "patient_id": device.patient_id,
+                    "device_class": str(device.device_class),
+                    "api_key": key,
+                }
+            )
+        )
+
+
+@devices_cli.command("revoke")
+def devices_revoke(device: Annotated[str, typer.Option("--device", help="Device id.")]) -> None:
+    """Revoke a device's key at once."""
+    with session_scope() as session:
+        try:
+            found = devices.revoke(session, device_id=device)
+        except devices.DeviceError as exc:
+            raise CliError(str(exc)) from exc
+        _record(
+            session,
+            "device.revoke",
+            resource_type="device",
+            resource_id=found.id,
+            patient_id=found.patient_id,
+        )
+        session.commit()
+    console.print(f"revoked {device}")
+
+
+def _signing_key(settings: Settings) -> Any:
+    assert settings.signing_key_path is not None
+    try:
+        return audit_keys.load_signing_key(settings.signing_key_path)
+    except audit_keys.SigningKeyMissing as exc:
+        raise CliError(str(exc)) from exc
+
+
+@audit_cli.command("verify")
+def audit_verify() -> None:
+    """Recompute every leaf, link, root and signature; name the first bad entry."""
+    settings = _settings()
+    key = _signing_key(settings)
+    with session_scope() as session:
+        result = audit.verify_log(session, public_key=key.public_key())
+    if not result.ok:
+        where = f" at seq {result.first_bad_seq}" if result.first_bad_seq is not None else ""
+        raise CliError(f"audit verification FAILED{where}: {result.reason}")
+    typer.echo(
+        f"OK: {result.entries} entries, {result.tree_heads} signed tree heads, "
+        f"root {result.root_hash}"
+    )
+
+
+@audit_cli.command("checkpoint")
+def audit_checkpoint() -> None:
+    """Sign a tree head over the log as it stands; prints it as JSON."""
+    settings = _settings()
+    key = _signing_key(settings)
+    with session_scope() as session:
+        sth = audit.checkpoint(session, key=key)
+        _record(
+            session,
+            "audit.checkpoint",
+            resource_type="audit",
+            details={"tree_size": sth.tree_size, "root_hash": sth.root_hash},
+        )
+        session.commit()
+        typer.echo(json.dumps(audit.sth_document(sth)))
+
+
+@audit_cli.command("prove")
+def audit_prove(
+    seq: Annotated[int | None, typer.Option(help="Inclusion proof for this entry.")] = None,
+    tree_size: Annotated[int | None, typer.Option("--tree-size")] = None,
+    first: Annotated[int | None, typer.Option(help="Consistency proof from this size.")] = None,
+    second: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Print an inclusion (--seq --tree-size) or consistency (--first --second) proof."""
+    with session_scope() as session:
+        try:
+            if seq is not None and tree_size is not None:
+                out: dict[str, Any] = {
+                    "leaf_index": seq - 1,
+                    "tree_size": tree_size,
+                    "proof": audit.inclusion(session, seq=seq, size=tree_size),
+                }
+            elif first is not None and second is not None:
+                out = {
+                    "first": first,
+                    "second": second,
+                    "proof": audit.consistency(session, first=first, second=second),
+                }
+            else:
+                raise CliError("give --seq and --tree-size, or --first and --second")
+        except audit.ProofUnavailable as exc:
+            raise CliError(str(exc)) from exc
+    typer.echo(json.dumps(out))
+
+
+@audit_cli.command("export")
+def audit_export(out: Annotated[Path, typer.Option(help="Folder to write into.")]) -> None:
+    """Write entries.jsonl, sth.json and public_key.pem for the standalone verifier."""
+    settings = _settings()
+    key = _signing_key(settings)
+    out.mkdir(parents=True, exist_ok=True)
+    with session_scope() as session:
+        sth = audit.latest_sth(session)
+        if sth is None:
+            raise CliError("no signed tree head yet: run `clinaiops audit checkpoint`")
+        count = 0
+        with (out / "entries.jsonl").open("w") as fh:
+            for line in audit.export_lines(session, sth=sth, from_seq=1, to_seq=sth.tree_size):
+                fh.write(json.dumps(line, sort_keys=True) + "\n")
+                count += 1
+        (out / "sth.json").write_text(json.dumps(audit.sth_document(sth), indent=2))
+        (out / "public_key.pem").write_bytes(audit_keys.public_key_pem(key))
+        _record(
+            session,
+            "audit.export",
+            resource_type="audit",
+            details={"entries": count, "tree_size": sth.tree_size},
+        )
+        session.commit()
+    console.print(
+        f"wrote {count} entries to {out}; verify with: python -m audit.verifier "
+        f"--entries {out}/entries.jsonl --sth {out}/sth.json "
+        f"--public-key {out}/public_key.pem"
+    )
+
+
+def main() -> None:
+    """Entry point: one-line reasons and a non-zero exit on failure."""
+    try:
+        cli()
+    except CliError as exc:
+        console.print(f"error: {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Fail-fast settings, read from the environment with the prefix CLINAIOPS_."""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SECRET = "change-me-dev-only-secret-key-0000"  # noqa: S105 - a sentinel, refused in production
+
+
+class Environment(StrEnum):
+    """Where the service runs; only dev/demo/test accept development defaults."""
+
+    DEV = "dev"
+    DEMO = "demo"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service; invalid combinations refuse to load."""
+
+    model_config = SettingsConfigDict(env_prefix="CLINAIOPS_", env_file=None, extra="ignore")
+
+    environment: Environment = Environment.PRODUCTION
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    sqlite_synchronous: str = "FULL"
+    secret_key: str = DEFAULT_SECRET
+    signing_key_path: Path | None = None
+
+    access_token_minutes: Annotated[int, Field(ge=1, le=240)] = 15
+    clock_skew_seconds: Annotated[int, Field(ge=0, le=300)] = 30
+    jwt_issuer: str = "clinaiops"
+
+    # Login throttling: after `login_throttle_after` failures each further attempt must wait
+    # 2^(k - after) seconds (capped); at `lockout_threshold` failures the account is locked.
+    login_throttle_after: Annotated[int, Field(ge=1)] = 3
+    login_throttle_max_seconds: Annotated[int, Field(ge=1)] = 60
+    lockout_threshold: Annotated[int, Field(ge=2)] = 6
+    lockout_minutes: Annotated[int, Field(ge=1)] = 15
+
+    session_idle_minutes: Annotated[int, Field(ge=1, le=120)] = 15
+    session_max_hours: Annotated[int, Field(ge=1, le=24)] = 12
+    cookie_secure: bool = True
+
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+    password_min_length: Annotated[int, Field(ge=8)] = 10
+    # Argon2id cost; tests lower it (argon2's own minimums still apply).
+    argon2_time_cost: Annotated[int, Field(ge=1)] = 3
+    argon2_memory_kib: Annotated[int, Field(ge=8)] = 65536
+
+    @model_validator(mode="after")
+    def _fail_fast(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'clinaiops.db').as_posix()}"
+        if self.signing_key_path is None:
+            self.signing_key_path = self.data_dir / "audit_signing_key.pem"
+        relaxed = self.environment in {Environment.DEV, Environment.DEMO, Environment.TEST}
+        if self.secret_key == DEFAULT_SECRET and not relaxed:
+            raise ValueError(
+                "CLINAIOPS_SECRET_KEY is the development default; set a random secret "
+                "(at least 32 characters) or CLINAIOPS_ENVIRONMENT=dev|demo"
+            )
+        if len(self.secret_key) < 32:
+            raise ValueError("CLINAIOPS_SECRET_KEY must be at least 32 characters")
+        if self.environment is Environment.PRODUCTION and not self.cookie_secure:
+            raise ValueError("CLINAIOPS_COOKIE_SECURE must stay on in production")
+        if self.sqlite_synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
+            raise ValueError("CLINAIOPS_SQLITE_SYNCHRONOUS must be FULL, NORMAL or EXTRA")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the database is SQLite."""
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Load settings once per process (tests clear the cache)."""
+    return Settings()

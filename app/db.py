@@ -1,0 +1,122 @@
+"""Engine, sessions and column types shared by every domain."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+from sqlalchemy.types import TypeDecorator
+
+from app.core.config import get_settings
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always returned timezone-aware.
+
+    SQLite keeps no offset, so values are normalised to naive UTC on the way in and tagged as
+    UTC on the way out; PostgreSQL stores timestamptz.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use app.core.clock.utcnow()")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def new_id() -> str:
+    """A random, unguessable identifier (UUID4) for rows that are named in URLs."""
+    return str(uuid.uuid4())
+
+
+def _configure_sqlite(engine: Engine, synchronous: str) -> None:
+    # pysqlite's own transaction handling defers BEGIN; take over so every transaction starts
+    # with BEGIN IMMEDIATE. Almost every request writes an audit entry, and a deferred
+    # transaction that upgrades to a writer late fails with SQLITE_BUSY instead of waiting.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str, *, synchronous: str = "FULL", pool: bool = True) -> Engine:
+    """Create an engine with the project's connection settings for SQLite or PostgreSQL."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=None if pool else NullPool,
+        )
+        _configure_sqlite(engine, synchronous.upper())
+        return engine
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if pool:
+        kwargs.update(pool_size=10, max_overflow=20)
+    else:
+        kwargs["poolclass"] = NullPool
+    return create_engine(url, **kwargs)
+
+
+@lru_cache(maxsize=4)
+def _engine_for(url: str, synchronous: str) -> Engine:
+    return make_engine(url, synchronous=synchronous)
+
+
+def get_engine() -> Engine:
+    """The process-wide engine for the configured database."""
+    settings = get_settings()
+    return _engine_for(settings.database_url, settings.sqlite_synchronous)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A session factory whose sessions write their queued audit entries at every commit."""
+    factory = sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
+    from audit.service import install  # late import: audit's models import this module
+
+    install(factory)
+    return factory
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """A session for jobs and the CLI: the caller commits; anything uncommitted rolls back."""
+    factory = session_factory(engine or get_engine())
+    with factory() as session:
+        try:
+            yield session
+        finally:
+            if session.in_transaction():
+                session.rollback()

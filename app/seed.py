@@ -1,0 +1,182 @@
+"""The demo seed: staff, two care teams, patients with logins, regimens, envelopes, devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from app.auth import service as auth_service
+from app.auth.models import Role, User
+from app.core.config import Settings
+from app.patients import service as patients
+from app.patients.models import Sex
+from device_ingest import service as devices
+from device_ingest.models import DeviceClass
+from loops import service as loops
+from policies.envelope import default_rules
+
+LADDERS: list[dict[str, Any]] = [
+    {"drug": "amlodipine", "rxnorm_code": "17767", "steps": [2.5, 5.0, 10.0]},
+    {"drug": "lisinopril", "rxnorm_code": "29046", "steps": [5.0, 10.0, 20.0, 40.0]},
+    {"drug": "losartan", "rxnorm_code": "52175", "steps": [25.0, 50.0, 100.0]},
+    {"drug": "chlorthalidone", "rxnorm_code": "2409", "steps": [12.5, 25.0]},
+]
+_GIVEN = [
+    "Ada",
+    "Bela",
+    "Chidi",
+    "Dana",
+    "Emil",
+    "Farah",
+    "Goran",
+    "Hana",
+    "Ivo",
+    "Jun",
+    "Kemal",
+    "Lena",
+    "Mira",
+    "Nils",
+    "Olu",
+    "Pia",
+    "Quinn",
+    "Rafa",
+    "Sana",
+    "Teo",
+]
+_FAMILY = [
+    "Abbott",
+    "Brandt",
+    "Castro",
+    "Dimitrov",
+    "Eze",
+    "Fischer",
+    "Garcia",
+    "Hoang",
+    "Ivanova",
+    "Jensen",
+    "Kowalski",
+    "Larsen",
+    "Moreau",
+    "Nakamura",
+    "Okafor",
+    "Petrov",
+    "Quist",
+    "Rossi",
+    "Silva",
+    "Tanaka",
+]
+
+
+@dataclass
+class DemoSeed:
+    """What the seed created, for printing."""
+
+    password: str
+    password_generated: bool
+    logins: list[tuple[str, str]] = field(default_factory=list)
+    patients: int = 0
+    device_keys_file: Path | None = None
+    already_seeded: bool = False
+
+
+def demo_password() -> tuple[str, bool]:
+    """CLINAIOPS_DEMO_PASSWORD if set, else a fresh random one."""
+    env = os.environ.get("CLINAIOPS_DEMO_PASSWORD")
+    if env:
+        return env, False
+    return secrets.token_urlsafe(12), True
+
+
+def seed_demo(session: Session, *, settings: Settings, n_patients: int = 12) -> DemoSeed:
+    """Create the demo cohort (does nothing if `admin` exists). The caller commits."""
+    password, generated = demo_password()
+    result = DemoSeed(password=password, password_generated=generated)
+    if (
+        session.scalars(select(col(User.id)).where(col(User.username) == "admin")).first()
+        is not None
+    ):
+        result.already_seeded = True
+        return result
+
+    def user(username: str, full_name: str, role: Role, **kw: Any) -> User:
+        result.logins.append((username, str(role)))
+        return auth_service.create_user(
+            session,
+            username=username,
+            password=password,
+            full_name=full_name,
+            role=role,
+            settings=settings,
+            **kw,
+        )
+
+    user("admin", "Avery Admin", Role.ADMIN)
+    clinicians = [
+        user("clinician1", "Dr. Casey Morgan", Role.CLINICIAN, is_clinical_lead=True),
+        user("clinician2", "Dr. Riley Chen", Role.CLINICIAN),
+    ]
+    user("auditor1", "Jordan Auditor", Role.AUDITOR)
+    user("mlops1", "Sam Engineer", Role.ML_ENGINEER)
+    teams = [
+        patients.create_care_team(session, name="Hypertension Team A"),
+        patients.create_care_team(session, name="Hypertension Team B"),
+    ]
+    for team, clinician in zip(teams, clinicians, strict=True):
+        patients.add_member(session, team=team, user=clinician)
+    ladders = [loops.create_ladder(session, **spec) for spec in LADDERS]
+    keys: dict[str, dict[str, str]] = {}
+    for i in range(n_patients):
+        team_index = i % 2
+        patient = patients.register_patient(
+            session,
+            pseudonym=f"P-{i + 1:04d}",
+            given_name=_GIVEN[i % len(_GIVEN)],
+            family_name=_FAMILY[(i * 7) % len(_FAMILY)],
+            birth_date=date(1945 + (i * 3) % 40, 1 + i % 12, 1 + (i * 5) % 28),
+            sex=Sex.FEMALE if i % 2 == 0 else Sex.MALE,
+            has_diabetes=i % 4 == 1,
+            has_ckd=i % 6 == 2,
+        )
+        patients.add_patient(session, team=teams[team_index], patient=patient)
+        user(
+            f"patient{i + 1}",
+            f"{patient.given_name} {patient.family_name}",
+            Role.PATIENT,
+            patient_id=patient.id,
+        )
+        ladder = ladders[i % len(ladders)]
+        loops.start_regimen(session, patient_id=patient.id, ladder=ladder, step=i % 2)
+        loops.add_envelope_version(
+            session,
+            patient_id=patient.id,
+            rules=default_rules(len(ladder.steps)),
+            author_id=clinicians[team_index].id or 0,
+            reason="initial envelope from the demo template",
+        )
+        device, key = devices.register(
+            session,
+            patient_id=patient.id,
+            device_class=DeviceClass.VALIDATED_CUFF,
+            manufacturer="Omron",
+            model="HEM-7361T",
+            firmware_version="1.0",
+        )
+        keys[patient.id] = {"device_id": device.id, "api_key": key}
+    result.patients = n_patients
+    keys_file = settings.data_dir / "demo_device_keys.json"
+    keys_file.parent.mkdir(parents=True, exist_ok=True)
+    # Device keys are credentials: owner-only file, never printed.
+    fd = os.open(keys_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(keys, fh, indent=2)
+    result.device_keys_file = keys_file
+    return result
