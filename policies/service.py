@@ -78,8 +78,13 @@ def decide(
     resource: str,
     action: str,
     patient_id: str | None = None,
+    listing: bool = False,
 ) -> Decision:
-    """Decide one access. Out-of-scope patients answer 404, so existence does not leak."""
+    """Decide one access. Out-of-scope patients answer 404, so existence does not leak.
+
+    With `listing`, the act spans patients: it is allowed when the role may act under any
+    relation, and the caller must narrow its query with `patient_filter`.
+    """
     rel = (
         Relation.NOT_APPLICABLE
         if patient_id is None
@@ -97,6 +102,9 @@ def decide(
             f"token scopes do not cover {action} on {resource}",
         )
     if enforcer().enforce(principal.role, resource, action, str(rel)):
+        return Decision(True, rel)
+    if listing and patient_id is None and allowed_relations(principal.role, resource, action):
+        # A listing spans patients: allowed here, narrowed by patient_filter() in the query.
         return Decision(True, rel)
     if patient_id is not None and _role_may_ever(principal.role, resource, action):
         return Decision(False, rel, 404, "not_found", "no such patient in your scope")

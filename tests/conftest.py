@@ -254,15 +254,15 @@ def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> FrozenClock:
 
 
 @pytest.fixture
-def count_audit(db: Session) -> Callable[..., int]:
-    """Count audit entries matching column filters (fresh read each call)."""
+def count_audit(engine: Engine) -> Callable[..., int]:
+    """Count audit entries matching column filters, in a short session of its own."""
     from audit.models import AuditEntry
 
     def count(**filters: Any) -> int:
-        db.expire_all()
-        q = db.query(AuditEntry)
-        for k, v in filters.items():
-            q = q.filter(getattr(AuditEntry, k) == v)
-        return q.count()
+        with session_factory(engine)() as session:
+            q = session.query(AuditEntry)
+            for k, v in filters.items():
+                q = q.filter(getattr(AuditEntry, k) == v)
+            return q.count()
 
     return count

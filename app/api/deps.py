@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from app.auth import service as auth_service
@@ -254,6 +255,10 @@ class Access:
     resource: str
     action: str
 
+    def patient_filter(self) -> ColumnElement[bool]:
+        """WHERE clause on Patient.id limiting a listing to this caller's patients."""
+        return policy.patient_filter(self.principal, self.resource, self.action)
+
 
 AUTHZ_MARK = "__clinaiops_authz__"
 
@@ -264,10 +269,12 @@ def require(
     *,
     patient_param: str | None = None,
     audience: Audience = Audience.USER,
+    listing: bool = False,
 ) -> Any:
     """The authorization dependency every route declares: authenticate, enforce, audit.
 
-    The patient id, if any, is read from the path parameter `patient_param`. On success the
+    The patient id, if any, is read from the path parameter `patient_param`. A `listing`
+    spans patients; the route must narrow its query with `Access.patient_filter()`. On success the
     act's audit entry is queued on the request's session; the route may enrich it and must
     commit. On denial the denial is audited and the request ends with 401/403/404.
     """
@@ -278,7 +285,12 @@ def require(
         principal = authenticate(request, session, settings, audience, csrf_form)
         patient_id = request.path_params.get(patient_param) if patient_param else None
         decision = policy.decide(
-            session, principal=principal, resource=resource, action=action, patient_id=patient_id
+            session,
+            principal=principal,
+            resource=resource,
+            action=action,
+            patient_id=patient_id,
+            listing=listing,
         )
         if not decision.allowed:
             audit_denial(

@@ -13,7 +13,6 @@ from app.auth.models import User
 from app.core.errors import ProblemError
 from app.patients import service
 from app.patients.models import CareTeam, Patient, Sex
-from policies import service as policy
 
 router = APIRouter(prefix="/api/v1", tags=["patients"])
 
@@ -49,13 +48,14 @@ def _read(session: SessionDep, patient: Patient) -> PatientRead:
 @router.get("/patients", response_model=list[PatientRead])
 def list_patients(
     session: SessionDep,
-    access: Annotated[Access, require("patient", "list")],
+    access: Annotated[Access, require("patient", "list", listing=True)],
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[PatientRead]:
     """Patients in the caller's scope: own record, or the care teams' patients."""
-    where = policy.patient_filter(access.principal, "patient", "list")
-    patients = service.list_patients(session, where=where, limit=limit, offset=offset)
+    patients = service.list_patients(
+        session, where=access.patient_filter(), limit=limit, offset=offset
+    )
     access.entry.details = {"count": len(patients), "patient_ids": [p.id for p in patients]}
     result = [_read(session, p) for p in patients]
     session.commit()
