@@ -33,7 +33,7 @@ audit_cli = typer.Typer(help="Check and prove the audit trail.", no_args_is_help
 cli.add_typer(users_cli, name="users")
 cli.add_typer(devices_cli, name="devices")
 cli.add_typer(audit_cli, name="audit")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 
 class CliError(Exception):
@@ -377,6 +377,9 @@ def main() -> None:
         cli()
     except CliError as exc:
         console.print(f"error: {exc}")
+        sys.exit(1)
+    except ValidationError as exc:  # settings first loaded outside _settings()
+        console.print(f"error: invalid settings: {exc.errors()[0]['msg']}")
         sys.exit(1)
 
 

@@ -322,6 +322,9 @@ class _ExportWalk:
 
     def finish(self) -> None:
         tree_size = self.head.tree_size
+        if self.count == 0 and tree_size > 0:
+            # An emptied export must not pass: it proves nothing about the signed tree.
+            raise _Failure(1, f"export has no entries but the tree head covers {tree_size}")
         if self.frontier is None:
             return  # partial export: every line was proven against the STH root
         if self.count == tree_size:

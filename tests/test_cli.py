@@ -510,11 +510,6 @@ def test_users_create_with_weak_password_exits_1_and_creates_nothing(
         assert s.scalars(select(User)).all() == []
 
 
-@pytest.mark.xfail(
-    reason="app bug: create_user does not check the patient link, so the database's "
-    "IntegrityError escapes as a traceback that prints the new password hash",
-    raises=AssertionError,
-)
 @pytest.mark.parametrize("linked", [False, True], ids=["unknown_patient", "patient_taken"])
 def test_users_create_patient_with_bad_link_exits_with_one_line_error(
     cli: Cli, engine: Engine, linked: bool
@@ -697,10 +692,6 @@ def test_startup_in_production_with_default_secret_exits_with_reason(
     _assert_refused_for_default_secret(result, tmp_path)
 
 
-@pytest.mark.xfail(
-    reason="app bug: the rich console on stderr wraps the reason at 80 columns",
-    raises=AssertionError,
-)
 def test_init_in_production_with_default_secret_reports_exactly_one_line(
     bare_cli: Cli, tmp_path: Path
 ) -> None:
@@ -709,11 +700,6 @@ def test_init_in_production_with_default_secret_reports_exactly_one_line(
     assert "CLINAIOPS_SECRET_KEY" in _assert_one_line_error(result)
 
 
-@pytest.mark.xfail(
-    reason="app bug: these commands load settings outside _settings(), so the pydantic "
-    "ValidationError escapes main() as a traceback",
-    raises=AssertionError,
-)
 @pytest.mark.parametrize(
     "args",
     [
@@ -730,11 +716,6 @@ def test_db_command_in_production_with_default_secret_exits_with_reason(
     _assert_refused_for_default_secret(result, tmp_path)
 
 
-@pytest.mark.xfail(
-    reason="app bug: main() prints the error through rich markup, so '[/x]' in a "
-    "message raises MarkupError and a traceback",
-    raises=AssertionError,
-)
 def test_users_disable_with_bracketed_name_exits_with_one_line_error(cli: Cli) -> None:
     result = cli("users", "disable", "--username", "[/bold]")
 

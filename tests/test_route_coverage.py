@@ -63,6 +63,7 @@ def test_coverage_check_when_route_lacks_require_flags_it() -> None:
     router.add_api_route("/guarded", guarded)
     checks: dict[str, Callable[[Dependant], bool]] = {"check": _authorized}
     naked_route, guarded_route = router.routes
-    assert isinstance(naked_route, APIRoute) and isinstance(guarded_route, APIRoute)
+    assert isinstance(naked_route, APIRoute)
+    assert isinstance(guarded_route, APIRoute)
     assert not checks["check"](naked_route.dependant)
     assert checks["check"](guarded_route.dependant)

@@ -16,6 +16,7 @@ from app.auth.models import LoginAttempt, Role, User, WebSession
 from app.auth.security import hash_password, new_session_token, session_token_hash, verify_password
 from app.core import clock
 from app.core.config import Settings
+from app.patients.models import Patient
 
 
 class LoginOutcome(StrEnum):
@@ -123,6 +124,12 @@ def create_user(
         raise UserError("patient_link", "patient users, and only they, link to a patient record")
     if session.scalars(select(col(User.id)).where(col(User.username) == name)).first() is not None:
         raise UserError("username_taken", f"user {name} exists")
+    if patient_id is not None:
+        if session.get(Patient, patient_id) is None:
+            raise UserError("patient_not_found", "no such patient")
+        linked = select(col(User.id)).where(col(User.patient_id) == patient_id)
+        if session.scalars(linked).first() is not None:
+            raise UserError("patient_linked", "that patient record already has a user")
     user = User(
         username=name,
         full_name=full_name,

@@ -171,9 +171,8 @@ def create_user(
             is_clinical_lead=body.is_clinical_lead,
         )
     except service.UserError as exc:
-        raise ProblemError(
-            409 if exc.code == "username_taken" else 422, exc.code, str(exc)
-        ) from exc
+        conflict = exc.code in {"username_taken", "patient_linked"}
+        raise ProblemError(409 if conflict else 422, exc.code, str(exc)) from exc
     access.entry.action = "user.create"
     access.entry.resource_id = str(user.id)
     access.entry.details = {"role": str(user.role)}

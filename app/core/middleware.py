@@ -99,34 +99,37 @@ class BodySizeLimitMiddleware:
                 )
                 return
         received = 0
-        started = False
+        rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    # Answer now and show the app a disconnect: frameworks turn exceptions
+                    # raised while parsing a body into their own 400s.
+                    rejected = True
+                    await _reject(
+                        send,
+                        413,
+                        "payload_too_large",
+                        f"request body exceeds {self.max_bytes} bytes",
+                    )
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+        async def guarded_send(message: Message) -> None:
+            if not rejected:
+                await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _reject(
-                    send, 413, "payload_too_large", f"request body exceeds {self.max_bytes} bytes"
-                )
-
-
-class _TooLarge(Exception):
-    pass
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not rejected:
+                raise
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -417,3 +417,17 @@ def test_sth_signing_bytes_rejects_uppercase_root() -> None:
     sth = {"log_id": "ab" * 32, "tree_size": 1, "root_hash": "AB" * 32, "timestamp": "2026-01-01"}
     with pytest.raises(ValueError, match="root_hash"):
         sth_signing_bytes(sth)
+
+
+def test_verify_export_when_emptied_fails(tmp_path: Path) -> None:
+    """A deleted export must not pass as an empty subset."""
+    from audit import verifier
+    from audit.keys import public_key_pem
+
+    key = Ed25519PrivateKey.generate()
+    sth = verifier.sign_sth(
+        key, tree_size=3, root_hash_hex="00" * 32, timestamp="2026-01-01T00:00:00.000000Z"
+    )
+    result = verifier.verify_export([], sth, public_key_pem(key))
+    assert not result.ok
+    assert "no entries" in (result.reason or "")
