@@ -327,3 +327,20 @@ def test_read_when_patient_viewed_writes_one_entry_with_request_id(
     assert (entry.action, entry.patient_id, entry.outcome) == ("patient.read", pid, "success")
     assert entry.actor == f"user:{world.users['clina'].id}"
     assert entry.request_id == r.headers["x-request-id"]
+
+
+def test_act_when_audit_write_fails_is_not_committed(
+    db: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(session: Session, entries: list[service.PendingEntry]) -> list[AuditEntry]:
+        raise RuntimeError("audit store unavailable")
+
+    monkeypatch.setattr(service, "append", broken)
+    _register(db, "P-NOAUDIT")
+    _record(db, "patient.register")
+    with pytest.raises(RuntimeError, match="audit store unavailable"):
+        db.commit()
+    db.rollback()
+    monkeypatch.undo()
+    assert db.scalar(select(Patient.id).where(Patient.pseudonym == "P-NOAUDIT")) is None
+    assert db.scalars(select(AuditEntry.seq)).all() == []
