@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col
 
 from app.auth import service as auth_service
@@ -90,6 +91,7 @@ def seed(
         result = seed_demo(session, settings=settings, n_patients=patients)
         if result.already_seeded:
             console.print("demo data already present; nothing changed")
+            _print_logins(result.logins, result.password, result.password_generated)
             return
         _record(
             session,
@@ -129,7 +131,9 @@ def serve(
     upgrade(settings.database_url)
     assert settings.signing_key_path is not None
     audit_keys.create_signing_key(settings.signing_key_path)
-    console.print(f"portal: http://{host}:{port}/portal/  API docs: http://{host}:{port}/docs")
+    console.print(
+        f"portal: http://{host}:{port}/portal/  OpenAPI: http://{host}:{port}/openapi.json"
+    )
     uvicorn.run(
         "app.main:app_factory",
         factory=True,
@@ -283,7 +287,7 @@ def audit_verify() -> None:
     """Recompute every leaf, link, root and signature; name the first bad entry."""
     settings = _settings()
     key = _signing_key(settings)
-    with session_scope() as session:
+    with session_scope(readonly=True) as session:
         result = audit.verify_log(session, public_key=key.public_key())
     if not result.ok:
         where = f" at seq {result.first_bad_seq}" if result.first_bad_seq is not None else ""
@@ -319,7 +323,7 @@ def audit_prove(
     second: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Print an inclusion (--seq --tree-size) or consistency (--first --second) proof."""
-    with session_scope() as session:
+    with session_scope(readonly=True) as session:
         try:
             if seq is not None and tree_size is not None:
                 out: dict[str, Any] = {
@@ -346,7 +350,7 @@ def audit_export(out: Annotated[Path, typer.Option(help="Folder to write into.")
     settings = _settings()
     key = _signing_key(settings)
     out.mkdir(parents=True, exist_ok=True)
-    with session_scope() as session:
+    with session_scope(readonly=True) as session:
         sth = audit.latest_sth(session)
         if sth is None:
             raise CliError("no signed tree head yet: run `clinaiops audit checkpoint`")
@@ -355,15 +359,23 @@ def audit_export(out: Annotated[Path, typer.Option(help="Folder to write into.")
             for line in audit.export_lines(session, sth=sth, from_seq=1, to_seq=sth.tree_size):
                 fh.write(json.dumps(line, sort_keys=True) + "\n")
                 count += 1
-        (out / "sth.json").write_text(json.dumps(audit.sth_document(sth), indent=2))
-        (out / "public_key.pem").write_bytes(audit_keys.public_key_pem(key))
-        _record(
-            session,
-            "audit.export",
-            resource_type="audit",
-            details={"entries": count, "tree_size": sth.tree_size},
-        )
-        session.commit()
+        head = audit.sth_document(sth)
+    (out / "sth.json").write_text(json.dumps(head, indent=2))
+    (out / "public_key.pem").write_bytes(audit_keys.public_key_pem(key))
+    try:
+        with session_scope() as session:
+            _record(
+                session,
+                "audit.export",
+                resource_type="audit",
+                details={"entries": count, "tree_size": head["tree_size"]},
+            )
+            session.commit()
+    except Exception:
+        # An export that could not be audited is not released.
+        for name in ("entries.jsonl", "sth.json", "public_key.pem"):
+            (out / name).unlink(missing_ok=True)
+        raise
     console.print(
         f"wrote {count} entries to {out}; verify with: python -m audit.verifier "
         f"--entries {out}/entries.jsonl --sth {out}/sth.json "
@@ -380,6 +392,12 @@ def main() -> None:
         sys.exit(1)
     except ValidationError as exc:  # settings first loaded outside _settings()
         console.print(f"error: invalid settings: {exc.errors()[0]['msg']}")
+        sys.exit(1)
+    except SQLAlchemyError as exc:
+        # The driver's first line only: statements and parameters stay out of the output.
+        origin = getattr(exc, "orig", None)
+        reason = str(origin).splitlines()[0] if origin is not None else type(exc).__name__
+        console.print(f"error: database: {reason} (has `clinaiops init` been run?)")
         sys.exit(1)
 
 

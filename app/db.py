@@ -18,6 +18,8 @@ from sqlalchemy.types import TypeDecorator
 
 from app.core.config import get_settings
 
+READONLY_OPTION = "clinaiops_readonly"
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp stored in UTC and always returned timezone-aware.
@@ -66,7 +68,9 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only work (verification, exports) takes a WAL snapshot and blocks no writer.
+        readonly = conn.get_execution_options().get(READONLY_OPTION, False)
+        conn.exec_driver_sql("BEGIN DEFERRED" if readonly else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, *, synchronous: str = "FULL", pool: bool = True) -> Engine:
@@ -111,9 +115,16 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None) -> Iterator[Session]:
-    """A session for jobs and the CLI: the caller commits; anything uncommitted rolls back."""
-    factory = session_factory(engine or get_engine())
+def session_scope(engine: Engine | None = None, *, readonly: bool = False) -> Iterator[Session]:
+    """A session for jobs and the CLI: the caller commits; anything uncommitted rolls back.
+
+    `readonly` sessions must not write: on SQLite they read a snapshot without taking the
+    write lock, so a long verification does not stall requests.
+    """
+    engine = engine or get_engine()
+    if readonly:
+        engine = engine.execution_options(**{READONLY_OPTION: True})
+    factory = session_factory(engine)
     with factory() as session:
         try:
             yield session

@@ -36,7 +36,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         version="0.1.0",
         summary="Clinical AI operations with bounded autonomy and a verifiable audit trail.",
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        # Swagger UI loads from a CDN with inline script, which the CSP (and an offline
+        # clinic network) forbid; the OpenAPI document is served instead.
+        docs_url=None,
         redoc_url=None,
     )
     app.state.settings = settings

@@ -88,23 +88,36 @@ class DemoSeed:
     already_seeded: bool = False
 
 
-def demo_password() -> tuple[str, bool]:
-    """CLINAIOPS_DEMO_PASSWORD if set, else a fresh random one."""
+def demo_password(data_dir: Path) -> tuple[str, bool]:
+    """CLINAIOPS_DEMO_PASSWORD if set, else one generated once and kept under the data dir.
+
+    Keeping it (owner-only) lets a re-run of `make demo` tell the user how to sign in.
+    """
     env = os.environ.get("CLINAIOPS_DEMO_PASSWORD")
     if env:
         return env, False
-    return secrets.token_urlsafe(12), True
+    stored = data_dir / "demo_password"
+    if stored.exists():
+        return stored.read_text().strip(), True
+    password = secrets.token_urlsafe(12)
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(stored, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+    return password, True
 
 
 def seed_demo(session: Session, *, settings: Settings, n_patients: int = 12) -> DemoSeed:
     """Create the demo cohort (does nothing if `admin` exists). The caller commits."""
-    password, generated = demo_password()
+    password, generated = demo_password(settings.data_dir)
     result = DemoSeed(password=password, password_generated=generated)
     if (
         session.scalars(select(col(User.id)).where(col(User.username) == "admin")).first()
         is not None
     ):
         result.already_seeded = True
+        users = session.execute(select(col(User.username), col(User.role)).order_by(col(User.id)))
+        result.logins = [(str(u), str(r)) for u, r in users]
         return result
 
     def user(username: str, full_name: str, role: Role, **kw: Any) -> User:

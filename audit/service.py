@@ -23,6 +23,8 @@ from audit.models import AuditEntry, Outcome, SignedTreeHead
 from audit.verifier import log_id_for, sign_sth
 
 _PENDING = "clinaiops.audit.pending"
+# An arbitrary, fixed 64-bit key naming "the audit append" among advisory locks.
+AUDIT_LOCK_KEY = 0x434C4E41554454
 
 
 @dataclass
@@ -38,6 +40,7 @@ class PendingEntry:
     outcome: Outcome = Outcome.SUCCESS
     request_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    written: bool = False
 
 
 def record(
@@ -94,9 +97,10 @@ def install(factory: sessionmaker[Session]) -> None:
 def append(session: Session, entries: list[PendingEntry]) -> list[AuditEntry]:
     """Write entries with the next gap-free sequence numbers, hash-linked to the last one."""
     if session.get_bind().dialect.name == "postgresql":
-        # Serialises appenders until commit: sequence numbers stay gap-free and in commit
-        # order. SHARE ROW EXCLUSIVE conflicts with itself but not with plain readers.
-        session.execute(text("LOCK TABLE audit_entries IN SHARE ROW EXCLUSIVE MODE"))
+        # Serialises appenders until commit, so sequence numbers stay gap-free and in commit
+        # order. An advisory lock needs no table privilege: the app's role keeps only
+        # SELECT and INSERT on the audit tables (LOCK TABLE would need UPDATE).
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
     # SQLite transactions start with BEGIN IMMEDIATE (app.db), so writers are already serial.
     last = session.execute(
         select(col(AuditEntry.seq), col(AuditEntry.leaf_hash))
@@ -140,6 +144,7 @@ def append(session: Session, entries: list[PendingEntry]) -> list[AuditEntry]:
         )
         session.add(row)
         rows.append(row)
+        item.written = True
         prev = leaf
     session.flush()
     return rows

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -25,7 +24,7 @@ class EntryRead(BaseModel):
     """One audit entry with its leaf hash."""
 
     seq: int
-    ts: datetime
+    ts: str
     actor: str
     actor_role: str
     action: str
@@ -83,9 +82,7 @@ def list_entries(
         "actor_filter": actor,
     }
     session.commit()
-    return [
-        EntryRead(**{**service.entry_fields(r), "ts": r.ts, "leaf_hash": r.leaf_hash}) for r in rows
-    ]
+    return [EntryRead(**{**service.entry_fields(r), "leaf_hash": r.leaf_hash}) for r in rows]
 
 
 @router.get("/sth", response_model=TreeHead)

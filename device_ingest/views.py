@@ -77,7 +77,9 @@ def read_device_self(
 
 @router.post("/admin/devices", response_model=DeviceCreated, status_code=201)
 def register_device(
-    body: DeviceCreate, session: SessionDep, access: Annotated[Access, require("device", "manage")]
+    body: DeviceCreate,
+    session: SessionDep,
+    access: Annotated[Access, require("device", "manage", audit_as="device.register")],
 ) -> DeviceCreated:
     """Register a device; the response holds its key, which is never shown again."""
     try:
@@ -92,7 +94,6 @@ def register_device(
         )
     except service.DeviceError as exc:
         raise ProblemError(422, exc.code, str(exc)) from exc
-    access.entry.action = "device.register"
     access.entry.resource_id = device.id
     access.entry.patient_id = device.patient_id
     access.entry.details = {"device_class": str(device.device_class)}
@@ -109,11 +110,12 @@ def register_device(
 def list_devices(
     patient_id: Annotated[str, Path(max_length=36)],
     session: SessionDep,
-    access: Annotated[Access, require("device", "manage", patient_param="patient_id")],
+    access: Annotated[
+        Access, require("device", "manage", patient_param="patient_id", audit_as="device.list")
+    ],
 ) -> list[DeviceRead]:
     """A patient's registered devices."""
     devices = service.list_for_patient(session, patient_id=patient_id)
-    access.entry.action = "device.list"
     access.entry.details = {"count": len(devices)}
     session.commit()
     return [_read(d) for d in devices]
@@ -123,14 +125,13 @@ def list_devices(
 def revoke_device(
     device_id: Annotated[str, Path(max_length=36)],
     session: SessionDep,
-    access: Annotated[Access, require("device", "manage")],
+    access: Annotated[Access, require("device", "manage", audit_as="device.revoke")],
 ) -> DeviceRead:
     """Revoke a device key; it is refused from the next request on."""
     try:
         device = service.revoke(session, device_id=device_id)
     except service.DeviceError as exc:
         raise ProblemError(404, "not_found", str(exc)) from exc
-    access.entry.action = "device.revoke"
     access.entry.resource_id = device.id
     access.entry.patient_id = device.patient_id
     session.commit()

@@ -22,7 +22,15 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
     ),
     "auditor": frozenset({"user/AuditEvent.rs", "user/Provenance.rs"}),
     "ml_engineer": frozenset({"user/Model.cruds"}),
-    "admin": frozenset({"user/User.cruds", "user/CareTeam.cruds", "user/Device.cruds"}),
+    "admin": frozenset(
+        {
+            "user/User.cruds",
+            "user/CareTeam.cruds",
+            "user/Device.cruds",
+            "user/Patient.c",
+            "user/AuditEvent.c",
+        }
+    ),
 }
 
 # Which SMART resource type guards each policy resource; others are role-checked only.
@@ -31,6 +39,10 @@ RESOURCE_TYPES: dict[str, str] = {
     "audit": "AuditEvent",
     "audit_proof": "AuditEvent",
     "audit_export": "AuditEvent",
+    "user": "User",
+    "care_team": "CareTeam",
+    "device": "Device",
+    "patient_registration": "Patient",
 }
 
 ACTION_PERMISSIONS: dict[str, str] = {
@@ -39,6 +51,9 @@ ACTION_PERMISSIONS: dict[str, str] = {
     "create": "c",
     "update": "u",
     "delete": "d",
+    # Administration changes things: it needs the update permission on the type.
+    "manage": "u",
+    "checkpoint": "c",
 }
 
 

@@ -189,3 +189,35 @@ def test_authorization_header_when_not_bearer_is_refused(client: TestClient, wor
     r = client.get("/api/v1/me", headers={"Authorization": "Basic YWRtaW46YWRtaW4="})
     assert r.status_code == 401
     assert r.json()["code"] == "unauthenticated"
+
+
+def test_token_when_admin_scope_narrowed_limits_admin_acts(
+    client: TestClient, world: World
+) -> None:
+    r = client.post(
+        "/api/v1/auth/token",
+        data={"username": "admin", "password": PASSWORD, "scope": "user/User.cruds"},
+    )
+    headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    assert client.get("/api/v1/admin/users", headers=headers).status_code == 200
+    refused = client.post(
+        "/api/v1/admin/devices",
+        headers=headers,
+        json={"patient_id": world.patients["pa1"].id, "device_class": "validated_cuff"},
+    )
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "insufficient_scope"
+
+
+def test_request_when_no_credentials_challenges_without_error(client: TestClient) -> None:
+    r = client.get("/api/v1/me")
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_token_when_user_disabled_answers_as_bad_password(client: TestClient, world: World) -> None:
+    client.post(
+        f"/api/v1/admin/users/{world.users['clina'].id}/disable", headers=world.auth("admin")
+    )
+    r = client.post("/api/v1/auth/token", data={"username": "clina", "password": PASSWORD})
+    assert r.status_code == 401
+    assert r.json()["code"] == "invalid_credentials"

@@ -322,6 +322,10 @@ def test_seed_demo_without_password_env_prints_generated_password_that_logs_in(
     assert verify_password(password, hashes["clinician1"], settings)
     assert verify_password(password, hashes["patient2"], settings)
     assert not verify_password(password + "x", hashes["clinician1"], settings)
+    stored = tmp_path / "demo_password"
+    assert stored.stat().st_mode & 0o777 == 0o600
+    again = cli("seed", "--demo", "--patients", "2", env={"CLINAIOPS_DEMO_PASSWORD": None})
+    assert f"): {password}" in _flat(again)  # a re-run still shows how to sign in
 
 
 def test_seed_demo_when_rerun_reports_present_and_changes_nothing(
@@ -348,7 +352,7 @@ def test_seed_demo_when_rerun_reports_present_and_changes_nothing(
 
     assert again.returncode == 0, again.stderr
     assert "demo data already present; nothing changed" in _flat(again)
-    assert "demo logins" not in _flat(again)
+    assert "demo logins: admin, clinician1" in _flat(again)  # still says how to sign in
     assert snapshot() == before
     assert keys_file.read_bytes() == keys_before
 

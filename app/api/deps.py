@@ -39,9 +39,32 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """One session per request; routes commit, anything left uncommitted rolls back."""
+    """One session per request; routes commit, anything left uncommitted rolls back.
+
+    A granted act that then fails (a conflict, a validation error) is still an act: its
+    audit entry is written with outcome `failure` once the act's own work is rolled back.
+    """
     with request.app.state.session_factory() as session:
-        yield session
+        try:
+            yield session
+        except Exception as exc:
+            session.rollback()
+            entry: audit.PendingEntry | None = getattr(request.state, "audit_entry", None)
+            if entry is not None and not entry.written:
+                code = exc.code if isinstance(exc, ProblemError) else type(exc).__name__
+                audit.record(
+                    session,
+                    actor=entry.actor,
+                    actor_role=entry.actor_role,
+                    action=entry.action,
+                    resource_type=entry.resource_type,
+                    resource_id=entry.resource_id,
+                    patient_id=entry.patient_id,
+                    outcome=Outcome.FAILURE,
+                    details={"code": code},
+                )
+                session.commit()
+            raise
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -102,7 +125,9 @@ def _deny_auth(
         resource_type="request",
         code=code,
     )
-    headers = {"WWW-Authenticate": 'Bearer error="invalid_token"'} if status == 401 else {}
+    # RFC 6750: no error attribute when the request carried no credentials at all.
+    challenge = "Bearer" if code == "unauthenticated" else 'Bearer error="invalid_token"'
+    headers = {"WWW-Authenticate": challenge} if status == 401 else {}
     return ProblemError(status, code, detail, headers=headers)
 
 
@@ -270,11 +295,13 @@ def require(
     patient_param: str | None = None,
     audience: Audience = Audience.USER,
     listing: bool = False,
+    audit_as: str | None = None,
 ) -> Any:
     """The authorization dependency every route declares: authenticate, enforce, audit.
 
     The patient id, if any, is read from the path parameter `patient_param`. A `listing`
-    spans patients; the route must narrow its query with `Access.patient_filter()`. On success the
+    spans patients; the route must narrow its query with `Access.patient_filter()`.
+    `audit_as` names the act in the audit trail (default `<resource>.<action>`). On success the
     act's audit entry is queued on the request's session; the route may enrich it and must
     commit. On denial the denial is audited and the request ends with 401/403/404.
     """
@@ -307,11 +334,12 @@ def require(
             session,
             actor=principal.actor,
             actor_role=principal.role,
-            action=f"{resource}.{action}",
+            action=audit_as or f"{resource}.{action}",
             resource_type=resource,
             resource_id=patient_id,
             patient_id=patient_id,
         )
+        request.state.audit_entry = entry
         return Access(principal, patient_id, decision.relation, entry, resource, action)
 
     setattr(dependency, AUTHZ_MARK, (resource, action, audience))

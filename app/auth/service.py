@@ -26,7 +26,6 @@ class LoginOutcome(StrEnum):
     BAD_CREDENTIALS = "invalid_credentials"
     THROTTLED = "login_throttled"
     LOCKED = "account_locked"
-    DISABLED = "account_disabled"
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,8 @@ def authenticate(
     if attempt is not None:
         session.delete(attempt)
     if not user.is_active:
-        return LoginResult(LoginOutcome.DISABLED, user)
+        # Answer as for a wrong password: the caller learns nothing about the account.
+        return LoginResult(LoginOutcome.BAD_CREDENTIALS, user)
     return LoginResult(LoginOutcome.OK, user)
 
 

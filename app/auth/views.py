@@ -32,7 +32,6 @@ class TokenResponse(BaseModel):
 
 _LOGIN_FAILURES = {
     service.LoginOutcome.BAD_CREDENTIALS: (401, "invalid username or password"),
-    service.LoginOutcome.DISABLED: (401, "invalid username or password"),
     service.LoginOutcome.THROTTLED: (429, "too many failed attempts; wait before retrying"),
     service.LoginOutcome.LOCKED: (423, "account temporarily locked after repeated failures"),
 }
@@ -156,7 +155,7 @@ def create_user(
     body: UserCreate,
     session: SessionDep,
     settings: SettingsDep,
-    access: Annotated[Access, require("user", "manage")],
+    access: Annotated[Access, require("user", "manage", audit_as="user.create")],
 ) -> UserRead:
     """Create a user account."""
     try:
@@ -173,7 +172,6 @@ def create_user(
     except service.UserError as exc:
         conflict = exc.code in {"username_taken", "patient_linked"}
         raise ProblemError(409 if conflict else 422, exc.code, str(exc)) from exc
-    access.entry.action = "user.create"
     access.entry.resource_id = str(user.id)
     access.entry.details = {"role": str(user.role)}
     session.commit()
@@ -182,11 +180,10 @@ def create_user(
 
 @router.get("/admin/users", response_model=list[UserRead])
 def list_users(
-    session: SessionDep, access: Annotated[Access, require("user", "manage")]
+    session: SessionDep, access: Annotated[Access, require("user", "manage", audit_as="user.list")]
 ) -> list[UserRead]:
     """List user accounts."""
     users = session.scalars(select(User).order_by(col(User.id))).all()
-    access.entry.action = "user.list"
     access.entry.details = {"count": len(users)}
     session.commit()
     return [_user_read(u) for u in users]
@@ -194,14 +191,15 @@ def list_users(
 
 @router.post("/admin/users/{user_id}/disable", response_model=UserRead)
 def disable_user(
-    user_id: int, session: SessionDep, access: Annotated[Access, require("user", "manage")]
+    user_id: int,
+    session: SessionDep,
+    access: Annotated[Access, require("user", "manage", audit_as="user.disable")],
 ) -> UserRead:
     """Disable a user: their tokens and sessions stop working at once."""
     user = session.get(User, user_id)
     if user is None:
         raise ProblemError(404, "not_found", "no such user")
     service.disable_user(session, user=user)
-    access.entry.action = "user.disable"
     access.entry.resource_id = str(user_id)
     session.commit()
     return _user_read(user)

@@ -142,7 +142,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 async def _reject(send: Send, status: int, code: str, detail: str) -> None:
     body: dict[str, Any] = {
         "type": f"https://clinaiops.org/problems/{code}",
-        "title": code,
+        "title": code.replace("_", " "),
         "status": status,
         "code": code,
         "detail": detail,

@@ -100,7 +100,9 @@ class Created(BaseModel):
 def register_patient(
     body: PatientCreate,
     session: SessionDep,
-    access: Annotated[Access, require("patient_registration", "create")],
+    access: Annotated[
+        Access, require("patient_registration", "create", audit_as="patient.register")
+    ],
 ) -> Created:
     """Register a patient (and optionally assign a care team)."""
     team = session.get(CareTeam, body.care_team_id) if body.care_team_id is not None else None
@@ -121,7 +123,6 @@ def register_patient(
         raise ProblemError(409, exc.code, str(exc)) from exc
     if team is not None:
         service.add_patient(session, team=team, patient=patient)
-    access.entry.action = "patient.register"
     access.entry.resource_id = access.entry.patient_id = patient.id
     session.commit()
     return Created(id=patient.id)
@@ -144,14 +145,13 @@ class CareTeamRead(BaseModel):
 def create_care_team(
     body: CareTeamCreate,
     session: SessionDep,
-    access: Annotated[Access, require("care_team", "manage")],
+    access: Annotated[Access, require("care_team", "manage", audit_as="care_team.create")],
 ) -> CareTeamRead:
     """Create a care team."""
     try:
         team = service.create_care_team(session, name=body.name)
     except service.PatientError as exc:
         raise ProblemError(409, exc.code, str(exc)) from exc
-    access.entry.action = "care_team.create"
     access.entry.resource_id = str(team.id)
     session.commit()
     return CareTeamRead(id=team.id or 0, name=team.name)
@@ -169,7 +169,7 @@ def add_care_team_member(
     team_id: int,
     body: MemberAdd,
     session: SessionDep,
-    access: Annotated[Access, require("care_team", "manage")],
+    access: Annotated[Access, require("care_team", "manage", audit_as="care_team.add_member")],
 ) -> CareTeamRead:
     """Add a clinician or a patient to a care team."""
     team = session.get(CareTeam, team_id)
@@ -192,7 +192,6 @@ def add_care_team_member(
             access.entry.patient_id = patient.id
     except service.PatientError as exc:
         raise ProblemError(422, exc.code, str(exc)) from exc
-    access.entry.action = "care_team.add_member"
     access.entry.resource_id = str(team_id)
     session.commit()
     return CareTeamRead(id=team.id or 0, name=team.name)

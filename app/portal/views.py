@@ -193,13 +193,15 @@ def home(
 
 
 @router.post("/logout")
-def logout(session: SessionDep, access: Annotated[Access, require("portal", "view")]) -> Response:
+def logout(
+    session: SessionDep,
+    access: Annotated[Access, require("portal", "view", audit_as="auth.portal_logout")],
+) -> Response:
     """End the session (CSRF-checked like every unsafe portal request)."""
     sid = access.principal.session_id
     web = session.get(WebSession, sid) if sid else None
     if web is not None:
         auth_service.close_session(session, web=web)
-    access.entry.action = "auth.portal_logout"
     session.commit()
     response = RedirectResponse("/portal/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")

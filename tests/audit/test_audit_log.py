@@ -344,3 +344,36 @@ def test_act_when_audit_write_fails_is_not_committed(
     monkeypatch.undo()
     assert db.scalar(select(Patient.id).where(Patient.pseudonym == "P-NOAUDIT")) is None
     assert db.scalars(select(AuditEntry.seq)).all() == []
+
+
+def test_granted_act_when_it_fails_is_audited_as_failure(
+    client: TestClient, world: World, db: Session
+) -> None:
+    body = {
+        "username": "clina",
+        "password": "long-enough-pw",
+        "full_name": "X",
+        "role": "clinician",
+    }
+    r = client.post("/api/v1/admin/users", headers=world.auth("admin"), json=body)
+    assert r.status_code == 409
+    entry = db.scalars(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1)).one()
+    db.rollback()
+    assert (entry.action, entry.outcome) == ("user.create", "failure")
+    assert json.loads(entry.details) == {"code": "username_taken"}
+    assert entry.request_id == r.headers["x-request-id"]
+
+
+def test_readonly_session_when_open_does_not_block_writers(engine: Engine, db: Session) -> None:
+    from app.db import session_scope
+
+    _record(db)
+    db.commit()
+    with session_scope(engine, readonly=True) as reader:
+        assert service.tree_size(reader) == 1
+        with session_factory(engine)() as writer:  # would wait 30 s on a locked SQLite
+            _record(writer)
+            writer.commit()
+        if engine.dialect.name == "sqlite":
+            assert service.tree_size(reader) == 1  # the reader keeps its WAL snapshot
+    assert service.tree_size(db) == 2
