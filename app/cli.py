@@ -113,7 +113,7 @@ def _print_logins(logins: list[tuple[str, str]], password: str, generated: bool)
             f"demo password (generated; set CLINAIOPS_DEMO_PASSWORD to choose): {password}"
         )
     else:
-        console.print("demo password: the value of CLINAIOPS_DEMO_PASSWORD")
+        console.print("demo password: the value CLINAIOPS_DEMO_PASSWORD had at the first seed")
 
 
 @cli.command()

@@ -89,16 +89,15 @@ class DemoSeed:
 
 
 def demo_password(data_dir: Path) -> tuple[str, bool]:
-    """CLINAIOPS_DEMO_PASSWORD if set, else one generated once and kept under the data dir.
+    """For a fresh seed: CLINAIOPS_DEMO_PASSWORD if set, else a generated one kept on disk.
 
-    Keeping it (owner-only) lets a re-run of `make demo` tell the user how to sign in.
+    Keeping a generated password (owner-only) lets a re-run of `make demo` show it again.
     """
+    stored = data_dir / "demo_password"
     env = os.environ.get("CLINAIOPS_DEMO_PASSWORD")
     if env:
+        stored.unlink(missing_ok=True)  # a stale file would name the wrong password later
         return env, False
-    stored = data_dir / "demo_password"
-    if stored.exists():
-        return stored.read_text().strip(), True
     password = secrets.token_urlsafe(12)
     stored.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(stored, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -109,16 +108,22 @@ def demo_password(data_dir: Path) -> tuple[str, bool]:
 
 def seed_demo(session: Session, *, settings: Settings, n_patients: int = 12) -> DemoSeed:
     """Create the demo cohort (does nothing if `admin` exists). The caller commits."""
-    password, generated = demo_password(settings.data_dir)
-    result = DemoSeed(password=password, password_generated=generated)
+    stored = settings.data_dir / "demo_password"
     if (
         session.scalars(select(col(User.id)).where(col(User.username) == "admin")).first()
         is not None
     ):
-        result.already_seeded = True
+        # Report the password the cohort was seeded with, whatever the environment says now.
+        result = DemoSeed(
+            password=stored.read_text().strip() if stored.exists() else "",
+            password_generated=stored.exists(),
+            already_seeded=True,
+        )
         users = session.execute(select(col(User.username), col(User.role)).order_by(col(User.id)))
         result.logins = [(str(u), str(r)) for u, r in users]
         return result
+    password, generated = demo_password(settings.data_dir)
+    result = DemoSeed(password=password, password_generated=generated)
 
     def user(username: str, full_name: str, role: Role, **kw: Any) -> User:
         result.logins.append((username, str(role)))

@@ -72,6 +72,12 @@ def record(
     return entry
 
 
+def requeue(session: Session, entry: PendingEntry) -> PendingEntry:
+    """Queue an entry again after a rollback dropped it (e.g. to record a refusal)."""
+    session.info.setdefault(_PENDING, []).append(entry)
+    return entry
+
+
 def pending(session: Session) -> list[PendingEntry]:
     """Entries queued on this session and not yet committed."""
     return list(session.info.get(_PENDING, []))

@@ -9,6 +9,8 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
@@ -17,7 +19,7 @@ from app.auth.models import User
 from app.auth.principal import AuthMethod, Principal, PrincipalKind
 from app.auth.security import TokenInvalid, decode_access_token, parse_device_key
 from app.core.config import Settings
-from app.core.errors import ProblemError
+from app.core.errors import STATUS_CODES, ProblemError
 from audit import service as audit
 from audit.models import Outcome
 from device_ingest import service as devices
@@ -51,7 +53,7 @@ def get_session(request: Request) -> Iterator[Session]:
             session.rollback()
             entry: audit.PendingEntry | None = getattr(request.state, "audit_entry", None)
             if entry is not None and not entry.written:
-                code = exc.code if isinstance(exc, ProblemError) else type(exc).__name__
+                code = _failure_code(exc)
                 audit.record(
                     session,
                     actor=entry.actor,
@@ -68,6 +70,17 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _failure_code(exc: Exception) -> str:
+    """The same machine-readable code the client is answered with."""
+    if isinstance(exc, ProblemError):
+        return exc.code
+    if isinstance(exc, RequestValidationError):
+        return "validation_error"
+    if isinstance(exc, StarletteHTTPException):
+        return STATUS_CODES.get(exc.status_code, "error")
+    return "internal_error"
 
 
 class Audience(StrEnum):
@@ -286,6 +299,10 @@ class Access:
 
 
 AUTHZ_MARK = "__clinaiops_authz__"
+# Takes (session, request, principal) and names the patient an act concerns.
+PatientResolver = Callable[[Session, Request, Principal], str | None]
+# A patient id no record has: an unresolvable object is out of every scope (404).
+_UNRESOLVED = "00000000-0000-0000-0000-000000000000"
 
 
 def require(
@@ -296,12 +313,15 @@ def require(
     audience: Audience = Audience.USER,
     listing: bool = False,
     audit_as: str | None = None,
+    patient_from: PatientResolver | None = None,
 ) -> Any:
     """The authorization dependency every route declares: authenticate, enforce, audit.
 
     The patient id, if any, is read from the path parameter `patient_param`. A `listing`
     spans patients; the route must narrow its query with `Access.patient_filter()`.
-    `audit_as` names the act in the audit trail (default `<resource>.<action>`). On success the
+    `audit_as` names the act in the audit trail (default `<resource>.<action>`).
+    `patient_from` derives the patient when it is not a path parameter (a device's patient,
+    a query parameter); an unknown object resolves to None-or-unknown and answers 404. On success the
     act's audit entry is queued on the request's session; the route may enrich it and must
     commit. On denial the denial is audited and the request ends with 401/403/404.
     """
@@ -311,6 +331,8 @@ def require(
     ) -> Access:
         principal = authenticate(request, session, settings, audience, csrf_form)
         patient_id = request.path_params.get(patient_param) if patient_param else None
+        if patient_from is not None:
+            patient_id = patient_from(session, request, principal) or _UNRESOLVED
         decision = policy.decide(
             session,
             principal=principal,
@@ -330,6 +352,8 @@ def require(
                 patient_id=patient_id,
             )
             raise ProblemError(decision.status, decision.code, decision.reason)
+        if patient_id == _UNRESOLVED:
+            patient_id = None
         entry = audit.record(
             session,
             actor=principal.actor,

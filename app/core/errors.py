@@ -14,7 +14,7 @@ from app.core.context import current_request_id
 
 PROBLEM_JSON = "application/problem+json"
 
-_STATUS_CODES = {
+STATUS_CODES = {
     400: "bad_request",
     401: "unauthenticated",
     403: "forbidden",
@@ -94,7 +94,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _STATUS_CODES.get(exc.status_code, "error")
+        code = STATUS_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else code
         return problem_response(exc.status_code, code, detail, headers=dict(exc.headers or {}))
 
