@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
@@ -9,16 +14,35 @@ from app import health
 from app.auth import views as auth_views
 from app.core import errors
 from app.core.config import Settings, get_settings
-from app.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from app.core.middleware import (
+    AdmissionMiddleware,
+    BodySizeLimitMiddleware,
+    RequestContextMiddleware,
+)
 from app.db import get_engine, session_factory
 from app.patients import views as patient_views
 from app.portal import views as portal_views
 from audit import views as audit_views
 from device_ingest import views as device_views
 
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Size the pool sync routes run on; AdmissionMiddleware keeps requests below it.
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = app.state.settings.thread_pool_size
+    # Parsing a 1,000-reading body allocates tens of thousands of containers; with the
+    # default young-generation threshold (700) the cyclic collector runs dozens of times per
+    # request and rescans the whole heap. Freeze what start-up built and collect less often.
+    gc.freeze()
+    gc.set_threshold(app.state.settings.gc_gen0_threshold, 20, 20)
+    yield
+
+
 # Every router the app serves; tests walk these to prove each route is authorized.
 ROUTERS = (
     health.router,
+    device_views.fhir_router,
     auth_views.router,
     patient_views.router,
     device_views.router,
@@ -32,6 +56,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     settings = settings or get_settings()
     engine = engine or get_engine()
     app = FastAPI(
+        lifespan=_lifespan,
         title="ClinAIOps",
         version="0.1.0",
         summary="Clinical AI operations with bounded autonomy and a verifiable audit trail.",
@@ -48,6 +73,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # Starlette runs the last-added middleware first: the request id must exist before the
     # size check answers, so it can carry one.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AdmissionMiddleware, limit=settings.max_concurrent_requests)
     app.add_middleware(RequestContextMiddleware)
     app.mount("/portal/static", portal_views.static, name="portal_static")
     for router in ROUTERS:

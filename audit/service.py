@@ -78,6 +78,17 @@ def requeue(session: Session, entry: PendingEntry) -> PendingEntry:
     return entry
 
 
+def end_read(session: Session) -> None:
+    """End the session's transaction without writing, keeping the entries queued on it.
+
+    For long CPU work between the authorization reads and the writes (parsing a large
+    body): on SQLite the transaction holds the single writer slot, so it is given back.
+    """
+    queued = session.info.pop(_PENDING, [])
+    session.rollback()
+    session.info[_PENDING] = queued
+
+
 def pending(session: Session) -> list[PendingEntry]:
     """Entries queued on this session and not yet committed."""
     return list(session.info.get(_PENDING, []))

@@ -61,6 +61,26 @@ def revoke(session: Session, *, device_id: str) -> Device:
     return device
 
 
+def update(
+    session: Session,
+    *,
+    device: Device,
+    firmware_version: str | None = None,
+    calibration_systolic: float | None = None,
+    calibration_diastolic: float | None = None,
+) -> Device:
+    """Record a firmware version or calibration offsets; later readings carry them."""
+    if firmware_version is not None:
+        device.firmware_version = firmware_version
+    if calibration_systolic is not None:
+        device.calibration_systolic = calibration_systolic
+    if calibration_diastolic is not None:
+        device.calibration_diastolic = calibration_diastolic
+    session.add(device)
+    session.flush()
+    return device
+
+
 def list_for_patient(session: Session, *, patient_id: str) -> list[Device]:
     """A patient's devices, newest first."""
     stmt = (

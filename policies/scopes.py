@@ -10,6 +10,7 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
             "patient/Observation.crs",
             "patient/MedicationRequest.rs",
             "patient/CarePlan.rs",
+            "patient/Device.rsu",
         }
     ),
     "clinician": frozenset(
@@ -18,9 +19,11 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
             "user/Observation.rs",
             "user/MedicationRequest.cruds",
             "user/CarePlan.cruds",
+            "user/Device.cruds",
         }
     ),
-    "auditor": frozenset({"user/AuditEvent.rs", "user/Provenance.rs"}),
+    # Auditors read quarantined readings (rejected-data review), never write.
+    "auditor": frozenset({"user/AuditEvent.rs", "user/Provenance.rs", "user/Observation.r"}),
     "ml_engineer": frozenset({"user/Model.cruds"}),
     "admin": frozenset(
         {
@@ -43,6 +46,9 @@ RESOURCE_TYPES: dict[str, str] = {
     "care_team": "CareTeam",
     "device": "Device",
     "patient_registration": "Patient",
+    "observation": "Observation",
+    "readings": "Observation",
+    "quarantine": "Observation",
 }
 
 ACTION_PERMISSIONS: dict[str, str] = {
@@ -54,6 +60,8 @@ ACTION_PERMISSIONS: dict[str, str] = {
     # Administration changes things: it needs the update permission on the type.
     "manage": "u",
     "checkpoint": "c",
+    "search": "s",
+    "revoke": "u",
 }
 
 

@@ -34,6 +34,13 @@ def enforcer() -> casbin.Enforcer:
     return casbin.Enforcer(str(POLICY_DIR / "model.conf"), str(POLICY_DIR / "policy.csv"))
 
 
+@lru_cache(maxsize=4096)
+def _enforce(role: str, resource: str, action: str, relation: str) -> bool:
+    # casbin evaluates its matcher expression afresh on every call; a decision depends only
+    # on these four strings and the policy files, which are read once per process.
+    return bool(enforcer().enforce(role, resource, action, relation))
+
+
 @dataclass(frozen=True)
 class Decision:
     """The outcome of one access check: allowed, or the status and code to answer with."""
@@ -101,7 +108,7 @@ def decide(
             "insufficient_scope",
             f"token scopes do not cover {action} on {resource}",
         )
-    if enforcer().enforce(principal.role, resource, action, str(rel)):
+    if _enforce(principal.role, resource, action, str(rel)):
         return Decision(True, rel)
     if listing and patient_id is None and allowed_relations(principal.role, resource, action):
         # A listing spans patients: allowed here, narrowed by patient_filter() in the query.

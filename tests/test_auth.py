@@ -142,7 +142,7 @@ def test_device_key_when_revoked_is_refused(client: TestClient, world: World) ->
     me = client.get("/api/v1/device/me", headers=headers)
     assert me.status_code == 200
     assert me.json()["patient_id"] == world.patients["pa1"].id
-    r = client.post(f"/api/v1/admin/devices/{device_id}/revoke", headers=world.auth("admin"))
+    r = client.post(f"/api/v1/devices/{device_id}/revoke", headers=world.auth("admin"))
     assert r.status_code == 200
     refused = client.get("/api/v1/device/me", headers=headers)
     assert refused.status_code == 401
@@ -201,9 +201,9 @@ def test_token_when_admin_scope_narrowed_limits_admin_acts(
     headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
     assert client.get("/api/v1/admin/users", headers=headers).status_code == 200
     refused = client.post(
-        "/api/v1/admin/devices",
+        f"/api/v1/patients/{world.patients['pa1'].id}/devices",
         headers=headers,
-        json={"patient_id": world.patients["pa1"].id, "device_class": "validated_cuff"},
+        json={"device_class": "validated_cuff"},
     )
     assert refused.status_code == 403
     assert refused.json()["code"] == "insufficient_scope"

@@ -6,113 +6,41 @@ HTTP) on a SQLite file in a temporary data dir, then signs in over real HTTP.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx2
 import pytest
 
+from tests.live_server import LiveServer, clean_env
+
 pytestmark = pytest.mark.slow
 
-CLINAIOPS = Path(sys.executable).with_name("clinaiops")
 DEMO_PASSWORD = "demo-server-pass-42"
-STARTUP_SECONDS = 60.0
-_SCRUBBED = {"COLUMNS", "LINES", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}
-
-
-@dataclass
-class DemoServer:
-    """A running `clinaiops demo` process."""
-
-    base_url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        """Everything the process wrote to stdout and stderr so far."""
-        return self.log.read_text(errors="replace")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=15)
-
-
-def _wait_ready(server: DemoServer) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"demo exited with {server.process.returncode}:\n{server.output()}")
-        try:
-            response = httpx2.get(f"{server.base_url}/readyz", timeout=2.0)
-        except httpx2.TransportError as exc:
-            last = type(exc).__name__
-        else:
-            if response.status_code == 200:
-                return
-            last = f"{response.status_code} {response.text}"
-        time.sleep(0.2)
-    pytest.fail(f"/readyz not 200 within {STARTUP_SECONDS:.0f} s ({last}):\n{server.output()}")
 
 
 @pytest.fixture(scope="module")
-def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """`clinaiops demo` on a free port; terminated (SIGTERM, then kill) at teardown."""
     data_dir = tmp_path_factory.mktemp("demo")
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("CLINAIOPS_") and k not in _SCRUBBED
-    }
-    env.update(
+    env = clean_env(
         CLINAIOPS_ENVIRONMENT="demo",
         CLINAIOPS_COOKIE_SECURE="false",
         CLINAIOPS_DATA_DIR=str(data_dir),
         CLINAIOPS_DEMO_PASSWORD=DEMO_PASSWORD,
         CLINAIOPS_ARGON2_TIME_COST="1",
         CLINAIOPS_ARGON2_MEMORY_KIB="1024",
-        NO_COLOR="1",
     )
-    port = _free_port()
-    log = data_dir / "demo.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [str(CLINAIOPS), "demo", "--port", str(port)],
-            env=env,
-            cwd=data_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    server = DemoServer(f"http://127.0.0.1:{port}", process, log)
+    server = LiveServer(["demo"], env, data_dir)
     try:
-        _wait_ready(server)
+        server.start()
         yield server
     finally:
-        _stop(process)
+        server.stop()
 
 
 @pytest.fixture
-def http(demo_server: DemoServer) -> Iterator[httpx2.Client]:
+def http(demo_server: LiveServer) -> Iterator[httpx2.Client]:
     """A client with its own cookie jar; redirects are not followed."""
     with httpx2.Client(base_url=demo_server.base_url, timeout=10.0) as client:
         yield client
@@ -176,7 +104,7 @@ def test_demo_portal_login_opens_session_and_greets_clinician(http: httpx2.Clien
     assert "Dr. Casey Morgan" in home.text
 
 
-def test_demo_output_points_to_portal_and_demo_logins(demo_server: DemoServer) -> None:
+def test_demo_output_points_to_portal_and_demo_logins(demo_server: LiveServer) -> None:
     output = " ".join(demo_server.output().split())
 
     assert f"{demo_server.base_url}/portal/" in output

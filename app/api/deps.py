@@ -10,9 +10,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth import service as auth_service
 from app.auth.models import User
@@ -321,9 +321,11 @@ def require(
     spans patients; the route must narrow its query with `Access.patient_filter()`.
     `audit_as` names the act in the audit trail (default `<resource>.<action>`).
     `patient_from` derives the patient when it is not a path parameter (a device's patient,
-    a query parameter); an unknown object resolves to None-or-unknown and answers 404. On success the
-    act's audit entry is queued on the request's session; the route may enrich it and must
-    commit. On denial the denial is audited and the request ends with 401/403/404.
+    a query parameter); an object it cannot resolve is out of every scope (404).
+
+    On success the act's audit entry is queued on the request's session; the route may
+    enrich it and must commit. On denial the denial is audited and the request ends with
+    401, 403 or 404.
     """
 
     def dependency(

@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     cookie_secure: bool = True
 
     max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+    # Requests served at once per process (the rest queue); must stay below the thread pool.
+    max_concurrent_requests: Annotated[int, Field(ge=1, le=1000)] = 32
+    thread_pool_size: Annotated[int, Field(ge=2, le=2000)] = 64
+    # Python's cyclic GC young-generation threshold for server processes (default 700).
+    gc_gen0_threshold: Annotated[int, Field(ge=700, le=1_000_000)] = 50_000
+    # Device ingestion: a request holds at most this many readings (413 beyond).
+    ingest_max_entries: Annotated[int, Field(ge=1, le=50_000)] = 5000
+    # A reading dated further ahead than this is quarantined as implausible.
+    ingest_max_future_minutes: Annotated[int, Field(ge=0, le=1440)] = 5
+    # Quarantine readings older than this; off by default because devices back-fill history.
+    ingest_max_age_days: Annotated[int | None, Field(ge=1)] = None
     password_min_length: Annotated[int, Field(ge=8)] = 10
     # Argon2id cost; tests lower it (argon2's own minimums still apply).
     argon2_time_cost: Annotated[int, Field(ge=1)] = 3
@@ -74,6 +85,11 @@ class Settings(BaseSettings):
             raise ValueError("CLINAIOPS_SECRET_KEY must be at least 32 characters")
         if self.environment is Environment.PRODUCTION and not self.cookie_secure:
             raise ValueError("CLINAIOPS_COOKIE_SECURE must stay on in production")
+        if self.max_concurrent_requests >= self.thread_pool_size:
+            raise ValueError(
+                "CLINAIOPS_MAX_CONCURRENT_REQUESTS must be below "
+                "CLINAIOPS_THREAD_POOL_SIZE (see app/core/middleware.py)"
+            )
         if self.sqlite_synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("CLINAIOPS_SQLITE_SYNCHRONOUS must be FULL, NORMAL or EXTRA")
         return self

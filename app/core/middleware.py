@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -75,6 +76,30 @@ class RequestContextMiddleware:
             await _reject(send_with_headers, 500, "internal_error", "an unexpected error occurred")
         finally:
             request_id_var.reset(token)
+
+
+class AdmissionMiddleware:
+    """Admit at most `limit` requests at once; the rest wait their turn on the event loop.
+
+    Sync dependencies and endpoints run as separate tasks on a bounded thread pool. A request
+    that opened its write transaction in a dependency needs a free thread for its endpoint;
+    if every thread were held by requests waiting for that transaction, none would move.
+    Keeping admitted requests below the pool size rules that out, and bounds queueing.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self._gate: asyncio.Semaphore | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._gate is None:  # created on the serving loop, not at import
+            self._gate = asyncio.Semaphore(self.limit)
+        async with self._gate:
+            await self.app(scope, receive, send)
 
 
 class BodySizeLimitMiddleware:
