@@ -8,13 +8,14 @@ For each database (SQLite always; PostgreSQL when --postgres URL is given) it pr
 - single-reading latency p50/p99 with 50 concurrent devices.
 
 Targets (issue 3): >= 15,000 readings/s on SQLite, ratio >= 0.25, p99 < 30 ms.
-Usage: python bench/ingest.py [--postgres postgresql+psycopg://postgres@127.0.0.1:5432/db]
+Usage: python bench/ingest.py [--postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
        [--batches 40] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import http.client
 import json
 import statistics
@@ -28,7 +29,7 @@ from typing import Any
 
 import httpx2
 import orjson
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -336,10 +337,33 @@ def run(
     }
 
 
+def fresh_postgres_database(server_url: str) -> str:
+    """Create an empty database on the server named by `server_url` (dropped at exit)."""
+    base = make_url(server_url)
+    name = f"clinaiops_bench_{int(time.time())}"
+    admin = make_engine(
+        base.set(database="postgres").render_as_string(hide_password=False), pool=False
+    )
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    atexit.register(drop)
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
 def main() -> None:
     """Run and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--postgres", help="a PostgreSQL URL (an empty database)")
+    parser.add_argument(
+        "--postgres",
+        help="a PostgreSQL server URL; a fresh database is "
+        "created on it for the run and dropped after",
+    )
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
@@ -360,8 +384,9 @@ def main() -> None:
             )
         )
         if args.postgres:
+            url = fresh_postgres_database(args.postgres)
             results.append(
-                run("PostgreSQL", args.postgres, work, args.batches, args.workers, args.admit)
+                run("PostgreSQL", url, work, args.batches, args.workers, args.admit)
             )
     print(
         f"{'database':<11} {'e2e readings/s':>15} {'raw inserts/s':>14} {'ratio':>6} "
