@@ -26,6 +26,11 @@ class EnvelopeRules(BaseModel):
     min_dose_step: int = Field(default=0, ge=0)
     max_dose_step: int | None = Field(default=None, ge=0)
     min_confidence: float = Field(default=0.8, ge=0.5, le=1.0)
+    # Validated-cuff readings required in the last 7 days, and days they must span. The
+    # floor is the protocol's sufficiency rule: a clinician may tighten it, never relax it.
+    # Cuffless readings never count (2025 ACC/AHA: not for managing hypertension).
+    min_cuff_readings_7d: int = Field(default=12, ge=12, le=100)
+    min_cuff_days_7d: int = Field(default=4, ge=4, le=7)
     min_days_since_change: int = Field(default=14, ge=0, le=365)
     max_auto_changes_per_30d: int = Field(default=1, ge=0, le=4)
     block_on_open_alert: bool = True
