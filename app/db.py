@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import BigInteger, DateTime, Engine, Integer, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +24,8 @@ from sqlalchemy.types import TypeDecorator
 from app.core.config import get_settings
 
 READONLY_OPTION = "clinaiops_readonly"
+# SQLite only makes INTEGER PRIMARY KEY an auto-incrementing rowid; PostgreSQL gets BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
 WRITER_WAIT_SECONDS = 30.0
 _HOLDS_WRITER = "clinaiops_holds_writer"
 

@@ -24,6 +24,7 @@ from app.patients import views as patient_views
 from app.portal import views as portal_views
 from audit import views as audit_views
 from device_ingest import views as device_views
+from loops import views as loop_views
 
 
 @asynccontextmanager
@@ -48,6 +49,8 @@ ROUTERS = (
     device_views.router,
     audit_views.router,
     portal_views.router,
+    loop_views.router,
+    loop_views.fhir_router,
 )
 
 

@@ -6,11 +6,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, Column, Float, Index, String, Text
 from sqlmodel import Field, SQLModel
 
 from app.core.clock import utcnow
-from app.db import UTCDateTime, new_id
+from app.db import BigId, UTCDateTime, new_id
 
 
 class DeviceClass(StrEnum):
@@ -41,10 +41,6 @@ class Device(SQLModel, table=True):
     # Added to every reading from this device (mmHg); recorded on each reading it changed.
     calibration_systolic: float = Field(default=0.0, ge=-30, le=30)
     calibration_diastolic: float = Field(default=0.0, ge=-30, le=30)
-
-
-# SQLite only makes INTEGER PRIMARY KEY an auto-incrementing rowid; PostgreSQL gets BIGINT.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class ReadingStatus(StrEnum):

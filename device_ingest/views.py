@@ -770,6 +770,15 @@ def daily_readings(
     tz: Annotated[str, Query(max_length=64)] = "UTC",
 ) -> list[DaySummary]:
     """Daily summaries: AM/PM validated-cuff means, cuffless means, counts, quarantined."""
+    zone, first, last = summary_window(from_, to, tz)
+    out = daily_summaries(session, patient_id=patient_id, first=first, last=last, zone=zone)
+    access.entry.details = {"from": first.isoformat(), "to": last.isoformat(), "days": len(out)}
+    session.commit()
+    return out
+
+
+def summary_window(from_: date | None, to: date | None, tz: str) -> tuple[ZoneInfo, date, date]:
+    """Validate a summary request's time zone and day range (default: the last 30 days)."""
     try:
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -778,6 +787,13 @@ def daily_readings(
     first = from_ or last - timedelta(days=29)
     if first > last or (last - first).days > 366:
         raise ProblemError(422, "invalid_range", "from must precede to, within 366 days")
+    return zone, first, last
+
+
+def daily_summaries(
+    session: Session, *, patient_id: str, first: date, last: date, zone: ZoneInfo
+) -> list[DaySummary]:
+    """One summary per local day with readings, in order."""
     start = datetime.combine(first, time(), zone)
     end = datetime.combine(last + timedelta(days=1), time(), zone)
     rows = session.execute(
@@ -841,8 +857,6 @@ def daily_readings(
         )
         for d, v in sorted(days.items())
     ]
-    access.entry.details = {"from": first.isoformat(), "to": last.isoformat(), "days": len(out)}
-    session.commit()
     return out
 
 

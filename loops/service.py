@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from enum import StrEnum
 from itertools import pairwise
+from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from app.core import clock
-from loops.models import MedicationRegimen, TitrationLadder
+from loops.alerts import AlertType, Finding, Severity, escalation_due
+from loops.models import (
+    ALERT_TRANSITIONS,
+    Alert,
+    AlertStatus,
+    MedicationRegimen,
+    PatientNotice,
+    SystemFlag,
+    TitrationLadder,
+)
 from policies.envelope import EnvelopeRules
 from policies.models import SafetyEnvelope
+
+_S = TypeVar("_S", bound=StrEnum)
 
 
 def create_ladder(
@@ -87,3 +101,126 @@ def envelope_in_force(
         .limit(1)
     )
     return session.scalars(stmt).first()
+
+
+# ------------------------------------------------------------------ kill switch and alerts
+
+KILL_SWITCH = "kill_switch"
+
+
+class TransitionError(ValueError):
+    """A status change its workflow's transition table does not allow."""
+
+
+def check_transition(table: Mapping[_S, frozenset[_S]], current: _S, new: _S) -> None:
+    """Raise TransitionError unless `current -> new` is in the workflow's table."""
+    if new not in table.get(current, frozenset()):
+        raise TransitionError(f"{current} -> {new} is not allowed")
+
+
+def kill_switch_on(session: Session) -> bool:
+    """True while the admin's kill switch sends every proposal to clinicians."""
+    flag = session.get(SystemFlag, KILL_SWITCH)
+    return bool(flag and flag.enabled)
+
+
+def set_kill_switch(
+    session: Session, *, enabled: bool, reason: str, user_id: int | None
+) -> SystemFlag:
+    """Turn automatic delivery off (or back on) for everyone at once."""
+    flag = session.get(SystemFlag, KILL_SWITCH) or SystemFlag(key=KILL_SWITCH)
+    flag.enabled, flag.reason, flag.updated_by = enabled, reason, user_id
+    flag.updated_at = clock.utcnow()
+    session.add(flag)
+    session.flush()
+    return flag
+
+
+def open_alerts(session: Session, *, patient_id: str) -> list[Alert]:
+    """The patient's alerts not yet resolved, most severe first."""
+    order = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+    rows = session.scalars(
+        select(Alert).where(
+            col(Alert.patient_id) == patient_id, col(Alert.status) != AlertStatus.RESOLVED
+        )
+    )
+    return sorted(rows, key=lambda a: (order.get(a.severity, 9), a.raised_at))
+
+
+def raise_alerts(
+    session: Session, *, patient_id: str, found: Sequence[Finding], now: datetime
+) -> list[Alert]:
+    """Open an alert for each new finding; a finding already open is the same alert."""
+    existing = {a.key for a in open_alerts(session, patient_id=patient_id)}
+    raised = []
+    for finding in found:
+        if finding.key in existing:
+            continue
+        alert = Alert(
+            patient_id=patient_id,
+            type=str(finding.type),
+            severity=str(finding.severity),
+            key=finding.key,
+            detail=finding.detail,
+            raised_at=now,
+        )
+        session.add(alert)
+        raised.append(alert)
+        existing.add(finding.key)
+    session.flush()
+    return raised
+
+
+def resolve_cleared(
+    session: Session, *, patient_id: str, still_found: Sequence[Finding], now: datetime
+) -> list[Alert]:
+    """Resolve data-gap alerts whose condition has cleared; others wait for a person."""
+    keys = {f.key for f in still_found}
+    cleared = []
+    for alert in open_alerts(session, patient_id=patient_id):
+        if alert.type == AlertType.DATA_GAP and alert.key not in keys:
+            check_transition(ALERT_TRANSITIONS, AlertStatus(alert.status), AlertStatus.RESOLVED)
+            alert.status, alert.resolved_at = AlertStatus.RESOLVED, now
+            session.add(alert)
+            cleared.append(alert)
+    session.flush()
+    return cleared
+
+
+def acknowledge(session: Session, *, alert: Alert, user_id: int, note: str, now: datetime) -> Alert:
+    """Record that a clinician has seen the alert (the time is kept for reports)."""
+    check_transition(ALERT_TRANSITIONS, AlertStatus(alert.status), AlertStatus.ACKNOWLEDGED)
+    alert.status = AlertStatus.ACKNOWLEDGED
+    alert.acknowledged_at, alert.acknowledged_by, alert.acknowledgement_note = now, user_id, note
+    session.add(alert)
+    session.flush()
+    return alert
+
+
+def escalate_due(session: Session, *, now: datetime) -> list[Alert]:
+    """Escalate every open alert left unacknowledged past its severity's limit."""
+    escalated = []
+    for alert in session.scalars(select(Alert).where(col(Alert.status) == AlertStatus.OPEN)):
+        if escalation_due(
+            Severity(alert.severity),
+            raised_at=alert.raised_at,
+            last_escalated_at=alert.last_escalated_at,
+            acknowledged=False,
+            now=now,
+        ):
+            alert.escalation_level += 1
+            alert.last_escalated_at = now
+            session.add(alert)
+            escalated.append(alert)
+    session.flush()
+    return escalated
+
+
+def notify(
+    session: Session, *, patient_id: str, kind: str, text: str, due_at: datetime | None = None
+) -> PatientNotice:
+    """Tell the patient something through their app."""
+    notice = PatientNotice(patient_id=patient_id, kind=kind, text=text, due_at=due_at)
+    session.add(notice)
+    session.flush()
+    return notice

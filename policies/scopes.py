@@ -8,7 +8,7 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
         {
             "patient/Patient.rs",
             "patient/Observation.crs",
-            "patient/MedicationRequest.rs",
+            "patient/MedicationRequest.rsu",
             "patient/CarePlan.rs",
             "patient/Device.rsu",
         }
@@ -49,6 +49,9 @@ RESOURCE_TYPES: dict[str, str] = {
     "observation": "Observation",
     "readings": "Observation",
     "quarantine": "Observation",
+    "recommendation": "MedicationRequest",
+    "medication_request": "MedicationRequest",
+    "trends": "Observation",
 }
 
 ACTION_PERMISSIONS: dict[str, str] = {
@@ -62,6 +65,7 @@ ACTION_PERMISSIONS: dict[str, str] = {
     "checkpoint": "c",
     "search": "s",
     "revoke": "u",
+    "respond": "u",
 }
 
 

@@ -1,0 +1,465 @@
+"""The patient-AI loop over HTTP: the patient's recommendations, alerts and trends; the kill
+switch; alert acknowledgement; proposals as FHIR MedicationRequest."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from app.api.deps import Access, SessionDep, require
+from app.auth.principal import Principal
+from app.core import clock
+from app.core.errors import ProblemError
+from device_ingest.views import DaySummary, daily_summaries, summary_window
+from loops import service
+from loops.models import (
+    Alert,
+    MedicationRegimen,
+    PatientNotice,
+    Proposal,
+    ProposalStatus,
+    SymptomReport,
+    SystemFlag,
+    TitrationLadder,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["patient-ai loop"])
+fhir_router = APIRouter(prefix="/fhir/R4", tags=["fhir"])
+SYMPTOMS = ("dizziness", "headache", "swelling", "cough", "fatigue", "fainting", "other")
+# What a patient sees of each status: plain words, never internal codes.
+_PATIENT_STATUS = {
+    ProposalStatus.DELIVERED: "recommended",
+    ProposalStatus.PENDING_REVIEW: "being reviewed by your care team",
+    ProposalStatus.APPROVED: "approved by your care team",
+    ProposalStatus.MODIFIED: "changed by your care team",
+    ProposalStatus.REJECTED: "not recommended by your care team",
+    ProposalStatus.SUPERSEDED: "replaced by a newer recommendation",
+}
+_VISIBLE = (
+    ProposalStatus.DELIVERED,
+    ProposalStatus.PENDING_REVIEW,
+    ProposalStatus.APPROVED,
+    ProposalStatus.MODIFIED,
+    ProposalStatus.REJECTED,
+)
+
+
+def _own_patient(session: Session, request: Request, principal: Principal) -> str | None:
+    return principal.patient_id
+
+
+def _alert_patient(session: Session, request: Request, principal: Principal) -> str | None:
+    alert = session.get(Alert, request.path_params.get("alert_id", ""))
+    return None if alert is None else alert.patient_id
+
+
+class Recommendation(BaseModel):
+    """A titration recommendation as the patient sees it."""
+
+    id: str
+    created_at: datetime
+    status: str
+    text: str
+    explanation: str
+    drug: str
+    dose_from: float
+    dose_to: float
+    unit: str
+    response: str | None
+
+
+def _recommendation(session: Session, p: Proposal) -> Recommendation:
+    regimen = session.get(MedicationRegimen, p.regimen_id)
+    ladder = session.get(TitrationLadder, regimen.ladder_id) if regimen else None
+    drug = ladder.drug if ladder else ""
+    unit = ladder.unit if ladder else "mg"
+    change = {
+        "increase": f"take {drug} {p.to_dose:g} {unit} instead of {p.from_dose:g} {unit}",
+        "decrease": f"take {drug} {p.to_dose:g} {unit} instead of {p.from_dose:g} {unit}",
+        "hold": f"keep taking {drug} {p.from_dose:g} {unit}",
+    }[p.action]
+    text = (
+        f"Your care plan suggests you {change}."
+        if p.status != ProposalStatus.REJECTED
+        else f"No change: your care team decided you should keep taking {drug} "
+        f"{p.from_dose:g} {unit}."
+    )
+    return Recommendation(
+        id=p.id,
+        created_at=p.created_at,
+        status=_PATIENT_STATUS[ProposalStatus(p.status)],
+        text=text,
+        explanation=str(p.explanation.get("patient_text", "")),
+        drug=drug,
+        dose_from=p.from_dose,
+        dose_to=p.to_dose,
+        unit=unit,
+        response=p.patient_response,
+    )
+
+
+@router.get("/me/recommendations", response_model=list[Recommendation])
+def my_recommendations(
+    session: SessionDep,
+    access: Annotated[
+        Access,
+        require(
+            "recommendation", "read", patient_from=_own_patient, audit_as="recommendation.read"
+        ),
+    ],
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> list[Recommendation]:
+    """The patient's recommendations, newest first, in plain language."""
+    rows = session.scalars(
+        select(Proposal)
+        .where(col(Proposal.patient_id) == access.patient_id, col(Proposal.status).in_(_VISIBLE))
+        .order_by(col(Proposal.created_at).desc())
+        .limit(limit)
+    ).all()
+    out = [_recommendation(session, p) for p in rows]
+    access.entry.details = {"count": len(out)}
+    session.commit()
+    return out
+
+
+class RecommendationResponse(BaseModel):
+    """The patient's answer to a recommendation, with any symptoms."""
+
+    response: Literal["took_it", "declined"]
+    symptoms: list[
+        Literal["dizziness", "headache", "swelling", "cough", "fatigue", "fainting", "other"]
+    ] = Field(default_factory=list, max_length=7)
+    note: str = Field(default="", max_length=2000)
+
+
+@router.post("/me/recommendations/{proposal_id}/response", response_model=Recommendation)
+def respond(
+    proposal_id: Annotated[str, Path(max_length=36)],
+    body: RecommendationResponse,
+    session: SessionDep,
+    access: Annotated[
+        Access,
+        require(
+            "recommendation",
+            "respond",
+            patient_from=_own_patient,
+            audit_as="recommendation.respond",
+        ),
+    ],
+) -> Recommendation:
+    """Record whether the patient followed a recommendation, and how they feel."""
+    proposal = session.get(Proposal, proposal_id)
+    if proposal is None or proposal.patient_id != access.patient_id:
+        raise ProblemError(404, "not_found", "no such recommendation")
+    if proposal.status not in (
+        ProposalStatus.DELIVERED,
+        ProposalStatus.APPROVED,
+        ProposalStatus.MODIFIED,
+    ):
+        raise ProblemError(
+            409, "not_answerable", "only a recommendation made to you can be answered"
+        )
+    now = clock.utcnow()
+    proposal.patient_response, proposal.responded_at = body.response, now
+    session.add(proposal)
+    if body.symptoms or body.note:
+        session.add(
+            SymptomReport(
+                patient_id=proposal.patient_id,
+                reported_at=now,
+                symptoms=list(body.symptoms),
+                note=body.note,
+                proposal_id=proposal.id,
+            )
+        )
+    access.entry.resource_type, access.entry.resource_id = "proposal", proposal.id
+    access.entry.details = {"response": body.response, "symptoms": list(body.symptoms)}
+    session.commit()
+    return _recommendation(session, proposal)
+
+
+class AlertRead(BaseModel):
+    """An alert about a patient."""
+
+    id: str
+    type: str
+    severity: str
+    status: str
+    detail: str
+    raised_at: datetime
+    acknowledged_at: datetime | None
+    escalation_level: int
+
+
+def _alert(a: Alert) -> AlertRead:
+    return AlertRead(
+        id=a.id,
+        type=a.type,
+        severity=a.severity,
+        status=a.status,
+        detail=a.detail,
+        raised_at=a.raised_at,
+        acknowledged_at=a.acknowledged_at,
+        escalation_level=a.escalation_level,
+    )
+
+
+class NoticeRead(BaseModel):
+    """Something the patient has been asked or told."""
+
+    kind: str
+    text: str
+    created_at: datetime
+    due_at: datetime | None
+
+
+class MyAlerts(BaseModel):
+    """The patient's open alerts and recent notices (e.g. please measure again now)."""
+
+    alerts: list[AlertRead]
+    notices: list[NoticeRead]
+
+
+@router.get("/me/alerts", response_model=MyAlerts)
+def my_alerts(
+    session: SessionDep,
+    access: Annotated[
+        Access, require("alert", "read", patient_from=_own_patient, audit_as="alert.read")
+    ],
+) -> MyAlerts:
+    """Open alerts and the latest notices for the signed-in patient."""
+    assert access.patient_id is not None
+    alerts = service.open_alerts(session, patient_id=access.patient_id)
+    notices = session.scalars(
+        select(PatientNotice)
+        .where(col(PatientNotice.patient_id) == access.patient_id)
+        .order_by(col(PatientNotice.created_at).desc())
+        .limit(20)
+    ).all()
+    access.entry.details = {"alerts": len(alerts), "notices": len(notices)}
+    session.commit()
+    return MyAlerts(
+        alerts=[_alert(a) for a in alerts],
+        notices=[
+            NoticeRead(kind=n.kind, text=n.text, created_at=n.created_at, due_at=n.due_at)
+            for n in notices
+        ],
+    )
+
+
+@router.get("/me/trends", response_model=list[DaySummary])
+def my_trends(
+    session: SessionDep,
+    access: Annotated[
+        Access, require("trends", "read", patient_from=_own_patient, audit_as="trends.read")
+    ],
+    from_: Annotated[date | None, Query(alias="from")] = None,
+    to: Annotated[date | None, Query()] = None,
+    tz: Annotated[str, Query(max_length=64)] = "UTC",
+) -> list[DaySummary]:
+    """The patient's own daily blood-pressure summaries."""
+    assert access.patient_id is not None
+    zone, first, last = summary_window(from_, to, tz)
+    out = daily_summaries(session, patient_id=access.patient_id, first=first, last=last, zone=zone)
+    access.entry.details = {"from": first.isoformat(), "to": last.isoformat(), "days": len(out)}
+    session.commit()
+    return out
+
+
+@router.get("/patients/{patient_id}/alerts", response_model=list[AlertRead])
+def patient_alerts(
+    patient_id: Annotated[str, Path(max_length=36)],
+    session: SessionDep,
+    access: Annotated[
+        Access, require("alert", "read", patient_param="patient_id", audit_as="alert.read")
+    ],
+) -> list[AlertRead]:
+    """A patient's unresolved alerts, most severe first (care team)."""
+    alerts = service.open_alerts(session, patient_id=patient_id)
+    access.entry.details = {"count": len(alerts)}
+    session.commit()
+    return [_alert(a) for a in alerts]
+
+
+class Acknowledgement(BaseModel):
+    """A clinician's acknowledgement of an alert."""
+
+    note: str = Field(default="", max_length=1000)
+
+
+@router.post("/alerts/{alert_id}/acknowledge", response_model=AlertRead)
+def acknowledge_alert(
+    alert_id: Annotated[str, Path(max_length=36)],
+    body: Acknowledgement,
+    session: SessionDep,
+    access: Annotated[
+        Access,
+        require("alert", "acknowledge", patient_from=_alert_patient, audit_as="alert.acknowledge"),
+    ],
+) -> AlertRead:
+    """Acknowledge an alert; the time is recorded for time-to-acknowledge reports."""
+    alert = session.get(Alert, alert_id)
+    if alert is None:
+        raise ProblemError(404, "not_found", "no such alert in your scope")
+    try:
+        service.acknowledge(
+            session,
+            alert=alert,
+            user_id=int(access.principal.id),
+            note=body.note,
+            now=clock.utcnow(),
+        )
+    except service.TransitionError as exc:
+        raise ProblemError(
+            409,
+            "already_acknowledged",
+            f"alert is {alert.status} since {alert.acknowledged_at or alert.resolved_at}",
+        ) from exc
+    access.entry.resource_type, access.entry.resource_id = "alert", alert.id
+    access.entry.details = {
+        "type": alert.type,
+        "severity": alert.severity,
+        "seconds_to_acknowledge": int((alert.acknowledged_at - alert.raised_at).total_seconds())
+        if alert.acknowledged_at
+        else None,
+    }
+    session.commit()
+    return _alert(alert)
+
+
+class KillSwitch(BaseModel):
+    """Whether automatic delivery is switched off for everyone."""
+
+    enabled: bool
+    reason: str = Field(default="", max_length=500)
+
+
+@router.get("/admin/kill-switch", response_model=KillSwitch)
+def read_kill_switch(
+    session: SessionDep, access: Annotated[Access, require("kill_switch", "read")]
+) -> KillSwitch:
+    """The kill switch's state."""
+    flag = session.get(SystemFlag, service.KILL_SWITCH)
+    session.commit()
+    return KillSwitch(enabled=bool(flag and flag.enabled), reason=flag.reason if flag else "")
+
+
+@router.put("/admin/kill-switch", response_model=KillSwitch)
+def set_kill_switch(
+    body: KillSwitch,
+    session: SessionDep,
+    access: Annotated[Access, require("kill_switch", "manage", audit_as="kill_switch.set")],
+) -> KillSwitch:
+    """Send every proposal to clinicians (on), or allow delivery within envelopes (off)."""
+    if not body.reason.strip():
+        raise ProblemError(422, "reason_required", "say why the kill switch changes")
+    flag = service.set_kill_switch(
+        session, enabled=body.enabled, reason=body.reason, user_id=int(access.principal.id)
+    )
+    access.entry.details = {"enabled": flag.enabled, "reason": flag.reason}
+    session.commit()
+    return KillSwitch(enabled=flag.enabled, reason=flag.reason)
+
+
+def medication_request(session: Session, p: Proposal) -> dict[str, Any]:
+    """A proposal as FHIR MedicationRequest: a proposal/draft until ordered by a clinician."""
+    ordered = p.status in (
+        ProposalStatus.APPROVED,
+        ProposalStatus.MODIFIED,
+        ProposalStatus.DELIVERED,
+    )
+    regimen = session.get(MedicationRegimen, p.regimen_id)
+    ladder = session.get(TitrationLadder, regimen.ladder_id) if regimen else None
+    drug = ladder.drug if ladder else "unknown"
+    unit = ladder.unit if ladder else "mg"
+    concept: dict[str, Any] = {"text": drug}
+    if ladder and ladder.rxnorm_code:
+        concept["coding"] = [
+            {
+                "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                "code": ladder.rxnorm_code,
+                "display": drug,
+            }
+        ]
+    status = {ProposalStatus.REJECTED: "cancelled", ProposalStatus.SUPERSEDED: "stopped"}.get(
+        ProposalStatus(p.status), "active" if ordered else "draft"
+    )
+    return {
+        "resourceType": "MedicationRequest",
+        "id": p.id,
+        "status": status,
+        "intent": "order" if ordered else "proposal",
+        "medicationCodeableConcept": concept,
+        "subject": {"reference": f"Patient/{p.patient_id}"},
+        "authoredOn": clock.iso(p.created_at),
+        "dosageInstruction": [
+            {
+                "text": f"{drug} {p.to_dose:g} {unit} {ladder.frequency if ladder else ''}".strip(),
+                "doseAndRate": [
+                    {
+                        "doseQuantity": {
+                            "value": p.to_dose,
+                            "unit": unit,
+                            "system": "http://unitsofmeasure.org",
+                            "code": unit,
+                        }
+                    }
+                ],
+            }
+        ],
+        "note": [
+            {
+                "text": f"titration {p.action} (step {p.from_step} -> {p.to_step}); "
+                f"route {p.route}; model {p.model_version}"
+            }
+        ],
+    }
+
+
+def _query_patient(session: Session, request: Request, principal: Principal) -> str | None:
+    asked = request.query_params.get("patient")
+    return asked.removeprefix("Patient/") if asked else principal.patient_id
+
+
+@fhir_router.get("/MedicationRequest")
+def search_medication_requests(
+    session: SessionDep,
+    access: Annotated[
+        Access,
+        require(
+            "medication_request",
+            "search",
+            patient_from=_query_patient,
+            audit_as="medication_request.search",
+        ),
+    ],
+    count: Annotated[int, Query(alias="_count", ge=1, le=200)] = 50,
+) -> JSONResponse:
+    """Proposals and orders for a patient, as a FHIR searchset Bundle."""
+    rows = session.scalars(
+        select(Proposal)
+        .where(col(Proposal.patient_id) == access.patient_id)
+        .order_by(col(Proposal.created_at).desc())
+        .limit(count)
+    ).all()
+    entries = [
+        {
+            "fullUrl": f"MedicationRequest/{p.id}",
+            "resource": medication_request(session, p),
+            "search": {"mode": "match"},
+        }
+        for p in rows
+    ]
+    access.entry.details = {"count": len(entries)}
+    session.commit()
+    return JSONResponse(
+        {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries},
+        media_type="application/fhir+json",
+    )
