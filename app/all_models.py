@@ -7,8 +7,9 @@ import app.patients.models
 import audit.models
 import device_ingest.models
 import loops.models
+import mlops.models
 import policies.models
 
 metadata = SQLModel.metadata
 
-__all__ = ["app", "audit", "device_ingest", "loops", "metadata", "policies"]
+__all__ = ["app", "audit", "device_ingest", "loops", "metadata", "mlops", "policies"]
