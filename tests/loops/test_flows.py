@@ -1,0 +1,333 @@
+"""One evaluation end to end on the database: features, routing, proposals, alerts, audit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core import clock
+from audit.models import AuditEntry
+from device_ingest import service as devices
+from device_ingest.models import DeviceClass, IngestBatch, Reading
+from loops import service
+from loops.flows import Explanation, Outcome, evaluate
+from loops.models import MedicationRegimen, PatientNotice, ProposalStatus
+from mlops.features import FeatureVector
+from policies.envelope import TitrationAction, default_rules
+from tests.conftest import World
+
+
+@dataclass
+class StubPredictor:
+    """Always proposes the same action with the same confidence."""
+
+    action: TitrationAction
+    confidence: float = 0.9
+    label: str = "stub:v1"
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        probs = np.full(3, (1 - self.confidence) / 2)
+        probs[
+            [TitrationAction.DECREASE, TitrationAction.HOLD, TitrationAction.INCREASE].index(
+                self.action
+            )
+        ] = self.confidence
+        return probs[None, :]
+
+    def explain(
+        self, x: np.ndarray, action: TitrationAction, features: FeatureVector
+    ) -> Explanation:
+        return Explanation(
+            {"cuff_sbp_mean_7d": 1.2},
+            "Home SBP is above target.",
+            "Your readings are above your target.",
+        )
+
+
+@pytest.fixture
+def patient(world: World) -> tuple[str, MedicationRegimen]:
+    """pa1 on amlodipine step 0 with the demo envelope."""
+    s = world.session
+    ladder = service.create_ladder(s, drug="amlodipine", steps=[2.5, 5.0, 10.0])
+    pid = world.patients["pa1"].id
+    regimen = service.start_regimen(
+        s,
+        patient_id=pid,
+        ladder=ladder,
+    )
+    regimen.started_at = regimen.last_changed_at = clock.utcnow() - timedelta(days=60)
+    service.add_envelope_version(
+        s,
+        patient_id=pid,
+        rules=default_rules(3),
+        author_id=world.users["clina"].id or 0,
+        reason="start",
+        effective_at=clock.utcnow() - timedelta(days=30),
+    )
+    world.session.get(type(world.patients["pa1"]), pid).created_at = (  # type: ignore[union-attr]
+        clock.utcnow() - timedelta(days=90)
+    )
+    s.commit()
+    return pid, regimen
+
+
+@pytest.fixture
+def readings(world: World) -> Callable[..., None]:
+    """Store validated-cuff (or other) BP readings for pa1, twice a day for `days` days."""
+
+    def add(
+        sbp: float,
+        dbp: float,
+        *,
+        days: int = 7,
+        per_day: int = 2,
+        device_class: DeviceClass = DeviceClass.VALIDATED_CUFF,
+        now: datetime | None = None,
+    ) -> None:
+        s = world.session
+        pid = world.patients["pa1"].id
+        device, _ = devices.register(s, patient_id=pid, device_class=device_class)
+        now = now or clock.utcnow()
+        batch = IngestBatch(
+            device_id=device.id,
+            patient_id=pid,
+            received_at=now,
+            content_type="x",
+            source_format="fhir",
+            body_sha256="0" * 64,
+            body_bytes=0,
+            entries=days * per_day,
+        )
+        s.add(batch)
+        s.flush()
+        for d in range(days):
+            for k in range(per_day):
+                t = now - timedelta(days=d, hours=2 + 10 * k)
+                s.add(
+                    Reading(
+                        patient_id=pid,
+                        device_id=device.id,
+                        batch_id=batch.id or 0,
+                        device_class=device_class,
+                        kind="blood_pressure",
+                        code="85354-9",
+                        effective_start=t,
+                        effective_precision="second",
+                        effective_raw=t.isoformat(),
+                        systolic=sbp,
+                        diastolic=dbp,
+                        unit="mm[Hg]",
+                        status="accepted",
+                        quarantine_reasons=[],
+                        source_format="fhir",
+                        payload_sha256="0" * 64,
+                        received_at=t,
+                        natural_key=f"{device.id}-{d}-{k}",
+                    )
+                )
+        s.commit()
+
+    return add
+
+
+def test_evaluate_when_data_insufficient_nudges_once_a_day(
+    world: World,
+    patient: tuple[str, MedicationRegimen],
+    readings: Callable[..., None],
+    db: Session,
+) -> None:
+    pid, _ = patient
+    readings(150, 90, days=3)
+    now = clock.utcnow()
+    first = evaluate(
+        db,
+        patient_id=pid,
+        trigger="daily",
+        now=now,
+        predictor=StubPredictor(TitrationAction.INCREASE),
+    )
+    second = evaluate(
+        db,
+        patient_id=pid,
+        trigger="daily",
+        now=now + timedelta(hours=1),
+        predictor=StubPredictor(TitrationAction.INCREASE),
+    )
+    db.commit()
+    assert first.evaluation.outcome == second.evaluation.outcome == Outcome.INSUFFICIENT_DATA
+    assert first.proposal is None
+    assert [n.kind for n in first.notices] == ["measure"]
+    assert second.notices == []
+
+
+def test_evaluate_when_cuffless_only_makes_no_proposal(
+    world: World,
+    patient: tuple[str, MedicationRegimen],
+    readings: Callable[..., None],
+    db: Session,
+) -> None:
+    pid, _ = patient
+    readings(160, 95, days=7, per_day=4, device_class=DeviceClass.CUFFLESS_WEARABLE)
+    result = evaluate(
+        db,
+        patient_id=pid,
+        trigger="daily",
+        now=clock.utcnow(),
+        predictor=StubPredictor(TitrationAction.INCREASE),
+    )
+    assert result.evaluation.outcome == Outcome.INSUFFICIENT_DATA
+
+
+def test_evaluate_when_inside_envelope_delivers_and_moves_the_dose(
+    world: World,
+    patient: tuple[str, MedicationRegimen],
+    readings: Callable[..., None],
+    db: Session,
+) -> None:
+    pid, regimen = patient
+    readings(148, 88)
+    result = evaluate(
+        db,
+        patient_id=pid,
+        trigger="new_readings",
+        now=clock.utcnow(),
+        predictor=StubPredictor(TitrationAction.INCREASE),
+    )
+    db.commit()
+    p = result.proposal
+    assert p is not None
+    assert (p.status, p.route, p.reasons) == (ProposalStatus.DELIVERED, "auto_deliver", [])
+    assert (p.from_dose, p.to_dose, p.envelope_version) == (2.5, 5.0, 1)
+    assert db.get(MedicationRegimen, regimen.id).current_step == 1  # type: ignore[union-attr]
+    assert [n.kind for n in result.notices] == ["recommendation"]
+    entry = db.scalars(select(AuditEntry).where(AuditEntry.action == "loop.evaluate")).one()
+    details = json.loads(entry.details)
+    assert details["model_version"] == "stub:v1"
+    assert details["feature_hash"] == p.feature_hash
+    assert (details["route"], details["envelope_version"]) == ("auto_deliver", 1)
+
+
+def test_evaluate_when_kill_switch_on_queues_for_review_and_supersedes(
+    world: World,
+    patient: tuple[str, MedicationRegimen],
+    readings: Callable[..., None],
+    db: Session,
+) -> None:
+    pid, regimen = patient
+    readings(148, 88)
+    service.set_kill_switch(db, enabled=True, reason="test", user_id=None)
+    now = clock.utcnow()
+    first = evaluate(
+        db,
+        patient_id=pid,
+        trigger="daily",
+        now=now,
+        predictor=StubPredictor(TitrationAction.INCREASE),
+    )
+    second = evaluate(
+        db,
+        patient_id=pid,
+        trigger="daily",
+        now=now + timedelta(minutes=1),
+        predictor=StubPredictor(TitrationAction.INCREASE),
+    )
+    db.commit()
+    assert first.proposal is not None
+    assert second.proposal is not None
+    assert first.proposal.status == ProposalStatus.SUPERSEDED
+    assert second.proposal.status == ProposalStatus.PENDING_REVIEW
+    assert second.proposal.reasons == ["kill_switch"]
+    assert db.get(MedicationRegimen, regimen.id).current_step == 0  # type: ignore[union-attr]
+
+
+def test_evaluate_when_model_unsure_sends_to_clinician(
+    world: World,
+    patient: tuple[str, MedicationRegimen],
+    readings: Callable[..., None],
+    db: Session,
+) -> None:
+    pid, _ = patient
+    readings(148, 88)
+    result = evaluate(
+        db,
+        patient_id=pid,
+        trigger="daily",
+        now=clock.utcnow(),
+        predictor=StubPredictor(TitrationAction.INCREASE, confidence=0.6),
+    )
+    assert result.proposal is not None
+    assert result.proposal.reasons == ["confidence_below_envelope"]
+
+
+def test_evaluate_when_hold_proposes_nothing(
+    world: World,
+    patient: tuple[str, MedicationRegimen],
+    readings: Callable[..., None],
+    db: Session,
+) -> None:
+    pid, _ = patient
+    readings(125, 78)
+    result = evaluate(
+        db,
+        patient_id=pid,
+        trigger="daily",
+        now=clock.utcnow(),
+        predictor=StubPredictor(TitrationAction.HOLD),
+    )
+    assert (result.evaluation.outcome, result.proposal) == (Outcome.HOLD, None)
+
+
+def test_evaluate_when_no_model_makes_no_proposal(
+    world: World,
+    patient: tuple[str, MedicationRegimen],
+    readings: Callable[..., None],
+    db: Session,
+) -> None:
+    pid, _ = patient
+    readings(148, 88)
+    result = evaluate(db, patient_id=pid, trigger="daily", now=clock.utcnow(), predictor=None)
+    assert result.evaluation.outcome == Outcome.MODEL_UNAVAILABLE
+
+
+def test_evaluate_when_crisis_reading_asks_to_remeasure_then_alerts(
+    world: World,
+    patient: tuple[str, MedicationRegimen],
+    readings: Callable[..., None],
+    db: Session,
+) -> None:
+    pid, _ = patient
+    readings(140, 85)
+    now = clock.utcnow()
+    readings(192, 100, days=1, per_day=1, now=now + timedelta(hours=2, minutes=-1))
+    asked = evaluate(
+        db,
+        patient_id=pid,
+        trigger="new_readings",
+        now=now,
+        predictor=StubPredictor(TitrationAction.INCREASE),
+    )
+    assert [n.kind for n in asked.notices] == ["remeasure_now"]
+    assert asked.alerts == []
+    assert asked.proposal is not None  # while the re-measurement is pending, nothing is
+    assert asked.proposal.status == ProposalStatus.PENDING_REVIEW  # delivered automatically
+    assert asked.proposal.reasons == ["open_alert"]
+    later = evaluate(
+        db,
+        patient_id=pid,
+        trigger="daily",
+        now=now + timedelta(minutes=10),
+        predictor=StubPredictor(TitrationAction.INCREASE),
+    )
+    db.commit()
+    assert [a.type for a in later.alerts] == ["hypertensive_crisis"]
+    assert later.proposal is not None
+    assert "open_alert" in later.proposal.reasons
+    notices = db.scalars(select(PatientNotice).where(PatientNotice.patient_id == pid)).all()
+    assert [n.kind for n in notices].count("remeasure_now") == 1
