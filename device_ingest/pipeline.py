@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -325,7 +324,8 @@ def _rejection(
     device: Device, now: datetime, request_id: str | None, outcome: EntryOutcome, raw: object
 ) -> IngestRejection:
     assert outcome.error is not None
-    payload = json.dumps(raw, sort_keys=True, default=str, ensure_ascii=False)
+    # Stored exactly as hashed (canonical: sorted keys, compact), so the hash checks out.
+    payload = orjson.dumps(raw, option=orjson.OPT_SORT_KEYS, default=str).decode()
     return IngestRejection(
         device_id=device.id,
         patient_id=device.patient_id,

@@ -86,6 +86,18 @@ def _parse(content_type: str, body: bytes, max_entries: int) -> _Parsed:
         _check_count(len(raw), max_entries)
         items: list[pipeline.Parsed | EntryInvalid] = []
         for index, entry in enumerate(raw):
+            request = payload.requests[index] if index < len(payload.requests) else None
+            if request is not None and request.method not in {"POST", "PUT"}:
+                # Devices only add readings: a DELETE or GET entry is not an observation.
+                items.append(
+                    EntryInvalid(
+                        "unsupported_method",
+                        f"entry {index}: request.method {request.method} "
+                        "is not accepted; send POST",
+                        f"entry/{index}/request/method",
+                    )
+                )
+                continue
             try:
                 items.append(fhir.parse_resource(entry, index=index))
             except EntryInvalid as exc:
@@ -182,7 +194,13 @@ def _bundle_response(result: pipeline.IngestResult, bundle_type: str) -> dict[st
 
 
 def _replay(record: Any, access: Access, session: Session) -> Response:
-    access.entry.details = {"replayed": True, "idempotency_key": record.key}
+    access.entry.details = {
+        "replayed": True,
+        "idempotency_key": record.key,
+        "status": record.status_code,
+    }
+    if record.status_code >= 400:  # replaying a refusal is still a refusal
+        access.entry.outcome = Outcome.FAILURE
     session.commit()
     return Response(
         record.response_body,
@@ -231,7 +249,7 @@ def ingest_observations(
             return _idempotent_answer(found, request_sha, access, session)
     access.entry.details = {
         "content_type": content_type,
-        "body_sha256": request_sha,
+        "payload_sha256": pipeline.sha256_hex(body),  # as on the batch and each reading
         "bytes": len(body),
     }
     # Parsing is the costly part and needs no database: hold no transaction meanwhile (on
@@ -589,6 +607,8 @@ def update_device(
 ) -> DeviceRead:
     """Record a firmware update or a calibration; later readings carry the new values."""
     device = _device_or_404(session, device_id)
+    if device.revoked_at is not None:
+        raise ProblemError(409, "device_revoked", "a revoked device cannot be changed")
     before = _read(device).model_dump(
         mode="json", include={"firmware_version", "calibration_systolic", "calibration_diastolic"}
     )

@@ -359,7 +359,7 @@ def test_ingest_when_done_is_one_audit_entry_with_count_and_hash(
     assert entry.action == "observation.ingest"
     assert entry.patient_id == device.patient_id
     assert details["count"] == 7
-    assert len(details["body_sha256"]) == 64
+    assert len(details["payload_sha256"]) == 64
 
 
 def test_device_endpoint_when_key_revoked_refuses(
@@ -377,3 +377,37 @@ def test_device_endpoint_when_patient_token_used_refuses(client: TestClient, wor
     )
     assert r.status_code == 403
     assert r.json()["code"] == "device_key_required"
+
+
+def test_bundle_entry_when_method_is_delete_is_refused(device: DeviceClient, db: Session) -> None:
+    payload = bundle("batch", [bp(when=at(3)), bp(when=at(4))])
+    payload["entry"][1]["request"]["method"] = "DELETE"
+    r = device.post(payload)
+    statuses = [e["response"]["status"] for e in r.json()["entry"]]
+    assert statuses == ["201 Created", "422 Unprocessable Entity"]
+    assert _count(db, Reading) == 1
+
+
+def test_rejection_when_kept_stores_payload_that_matches_its_hash(
+    device: DeviceClient, db: Session
+) -> None:
+    import hashlib
+
+    bad = bp()
+    del bad["status"]
+    device.post(bundle("batch", [bad]))
+    with session_factory(db.get_bind())() as s:  # type: ignore[arg-type]
+        (row,) = s.scalars(select(IngestRejection)).all()
+    assert hashlib.sha256(row.payload.encode()).hexdigest() == row.payload_sha256
+
+
+def test_device_when_revoked_cannot_be_recalibrated(
+    device: DeviceClient, client: TestClient, world: World
+) -> None:
+    client.post(f"/api/v1/devices/{device.device_id}/revoke", headers=world.auth("admin"))
+    r = client.patch(
+        f"/api/v1/devices/{device.device_id}",
+        headers=world.auth("clina"),
+        json={"calibration_systolic": 2, "reason": "x"},
+    )
+    assert r.status_code == 409
