@@ -340,7 +340,8 @@ def _propose(
     rules_in_force = EnvelopeRules.model_validate(envelope.rules) if envelope else None
     evaluation.envelope_version = envelope.version if envelope else None
     open_count = len(service.open_alerts(session, patient_id=patient.id)) + int(
-        result.remeasure_pending)
+        result.remeasure_pending
+    )
     evidence = features.to_evidence(
         auto_changes_30d=auto_changes_30d(session, patient_id=patient.id, now=now),
         open_alerts=open_count,
