@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +20,7 @@ from sqlmodel import col
 from app.auth import service as auth_service
 from app.auth.models import Role, User
 from app.core.config import Settings, get_settings
-from app.db import session_scope
+from app.db import get_engine, session_scope
 from audit import keys as audit_keys
 from audit import service as audit
 from device_ingest import service as devices
@@ -34,6 +35,10 @@ audit_cli = typer.Typer(help="Check and prove the audit trail.", no_args_is_help
 cli.add_typer(users_cli, name="users")
 cli.add_typer(devices_cli, name="devices")
 cli.add_typer(audit_cli, name="audit")
+models_cli = typer.Typer(help="Train and inspect titration models.", no_args_is_help=True)
+loop_cli = typer.Typer(help="Run the patient-AI loop.", no_args_is_help=True)
+cli.add_typer(models_cli, name="models")
+cli.add_typer(loop_cli, name="loop")
 console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 
@@ -151,10 +156,37 @@ def demo(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
 ) -> None:
-    """Initialise, seed the demo cohort and serve."""
+    """Initialise, seed the demo cohort, train model v1, simulate four weeks, and serve."""
     init()
+    settings = _settings()
+    from app.seed import DEMO_SEED
+    from mlops import registry
+
+    with session_scope(readonly=True) as session:
+        first_run = session.scalars(select(col(User.id))).first() is None
+        has_model = registry.production(session) is not None
     seed(demo=True)
+    if not has_model:
+        models_train_initial(patients=120, days=70, seed=7, epsilon=3.0)
+    if first_run:
+        # Four weeks of home readings for the demo patients, with the loop running, so the
+        # portal and the patient API open on proposals in both routes and some alerts.
+        simulate(
+            patients=_demo_patients(settings),
+            days=28,
+            seed=DEMO_SEED,
+            firmware_drift=None,
+            drift_day=14,
+            no_loop=False,
+        )
     serve(host=host, port=port)
+
+
+def _demo_patients(settings: Settings) -> int:
+    from app.patients.models import Patient
+
+    with session_scope(readonly=True) as session:
+        return len(session.scalars(select(col(Patient.id))).all())
 
 
 @users_cli.command("create")
@@ -381,6 +413,150 @@ def audit_export(out: Annotated[Path, typer.Option(help="Folder to write into.")
         f"--entries {out}/entries.jsonl --sth {out}/sth.json "
         f"--public-key {out}/public_key.pem"
     )
+
+
+@cli.command()
+def simulate(
+    patients: Annotated[int, typer.Option(min=1, max=5000)] = 50,
+    days: Annotated[int, typer.Option(min=1, max=730)] = 28,
+    seed: Annotated[int, typer.Option()] = 1,
+    firmware_drift: Annotated[
+        str | None,
+        typer.Option(help="Device model whose readings rise by 10 mmHg from --drift-day on."),
+    ] = None,
+    drift_day: Annotated[int, typer.Option(min=0)] = 14,
+    no_loop: Annotated[bool, typer.Option("--no-loop", help="Only send readings.")] = False,
+) -> None:
+    """Send a synthetic cohort's readings, day by day up to today, through the ingest API."""
+    settings = _settings()
+    from app.simulate import run
+    from device_ingest.simulator import FirmwareDrift, Scenario
+
+    scenario = Scenario(
+        firmware_drift=FirmwareDrift(firmware_drift, drift_day) if firmware_drift else None
+    )
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True
+    ) as bar:
+        task = bar.add_task("simulating", total=days)
+        report = run(
+            get_engine(),
+            settings,
+            n_patients=patients,
+            days=days,
+            seed=seed,
+            scenario=scenario,
+            evaluate=not no_loop,
+            progress=lambda day: bar.update(
+                task, completed=day + 1, description=f"day {day + 1}/{days}"
+            ),
+        )
+    typer.echo(
+        json.dumps(
+            {
+                "patients": report.patients,
+                "days": report.days,
+                "requests": report.posted,
+                "status_counts": report.status_counts,
+                "evaluations": report.evaluations,
+            }
+        )
+    )
+
+
+@models_cli.command("train-initial")
+def models_train_initial(
+    patients: Annotated[int, typer.Option(min=20, max=5000)] = 200,
+    days: Annotated[int, typer.Option(min=28, max=730)] = 84,
+    seed: Annotated[int, typer.Option()] = 7,
+    epsilon: Annotated[float, typer.Option(min=0.1, max=20.0)] = 3.0,
+) -> None:
+    """Train version 1 with DP on protocol-labelled simulated data and put it in production."""
+    settings = _settings()
+    from mlops.training import InitialTraining, train_initial
+
+    config = InitialTraining(n_patients=patients, days=days, seed=seed, target_epsilon=epsilon)
+    # Opacus warns that secure_mode is off on every run; it is off on purpose (torchcsprng
+    # does not install here; see docs and the model's privacy record), so say it once here.
+    warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+    console.print(
+        "note: Opacus secure_mode is off (no cryptographically secure RNG); "
+        "recorded in the model's privacy record"
+    )
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True
+    ) as bar:
+        bar.add_task("simulating, labelling and training", total=None)
+        with session_scope() as session:
+            version = train_initial(
+                session, models_dir=settings.data_dir / "models", created_by=_actor(), config=config
+            )
+            _record(
+                session,
+                "model.register",
+                resource_type="model",
+                resource_id=f"{version.name}:v{version.version}",
+                details={
+                    "status": version.status,
+                    "data_hash": version.data_hash,
+                    "artifact_sha256": version.artifact_sha256,
+                    "epsilon": version.privacy.get("epsilon"),
+                },
+            )
+            session.commit()
+            typer.echo(
+                json.dumps(
+                    {
+                        "model": f"{version.name}:v{version.version}",
+                        "status": version.status,
+                        "metrics": version.metrics,
+                        "privacy": version.privacy,
+                    },
+                    default=str,
+                )
+            )
+
+
+@models_cli.command("list")
+def models_list() -> None:
+    """Registered model versions with status, data hash and privacy spent."""
+    from mlops.models import ModelVersion
+
+    with session_scope(readonly=True) as session:
+        rows = session.scalars(select(ModelVersion).order_by(col(ModelVersion.id))).all()
+        for v in rows:
+            typer.echo(
+                json.dumps(
+                    {
+                        "model": f"{v.name}:v{v.version}",
+                        "status": v.status,
+                        "data_hash": v.data_hash,
+                        "created_at": str(v.created_at),
+                        "epsilon": v.privacy.get("epsilon"),
+                        "accuracy": v.metrics.get("dp", {}).get("accuracy"),
+                    }
+                )
+            )
+
+
+@loop_cli.command("run")
+def loop_run(
+    daily: Annotated[bool, typer.Option("--daily", help="Evaluate every patient now.")] = False,
+) -> None:
+    """Evaluate patients with new readings (or, with --daily, every patient) once."""
+    from app.core import clock
+    from app.db import session_factory
+    from loops.dispatch import drain, evaluate_all
+    from mlops import serving
+
+    factory = session_factory(get_engine())
+    now = clock.utcnow()
+    report = (
+        evaluate_all(factory, now=now, predictor=serving.production)
+        if daily
+        else drain(factory, now=now, predictor=serving.production)
+    )
+    typer.echo(json.dumps({"evaluated": len(report.evaluated), "failed": len(report.failed)}))
 
 
 def main() -> None:

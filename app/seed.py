@@ -16,6 +16,7 @@ from sqlmodel import col
 
 from app.auth import service as auth_service
 from app.auth.models import Role, User
+from app.core import clock
 from app.core.config import Settings
 from app.patients import service as patients
 from app.patients.models import Sex
@@ -24,6 +25,7 @@ from device_ingest.models import DeviceClass
 from loops import service as loops
 from policies.envelope import default_rules
 
+DEMO_SEED = 20261123
 LADDERS: list[dict[str, Any]] = [
     {"drug": "amlodipine", "rxnorm_code": "17767", "steps": [2.5, 5.0, 10.0]},
     {"drug": "lisinopril", "rxnorm_code": "29046", "steps": [5.0, 10.0, 20.0, 40.0]},
@@ -152,17 +154,23 @@ def seed_demo(session: Session, *, settings: Settings, n_patients: int = 12) -> 
         patients.add_member(session, team=team, user=clinician)
     ladders = [loops.create_ladder(session, **spec) for spec in LADDERS]
     keys: dict[str, dict[str, str]] = {}
-    for i in range(n_patients):
+    # Clinical attributes come from the simulator's patients of the same pseudonym, so that
+    # `clinaiops simulate --seed DEMO_SEED` continues these records consistently.
+    from device_ingest.simulator import generate_patients  # it reads LADDERS from here
+
+    sims = generate_patients(n_patients, DEMO_SEED)
+    today = clock.utcnow().date()
+    for i, sim in enumerate(sims):
         team_index = i % 2
         patient = patients.register_patient(
             session,
-            pseudonym=f"P-{i + 1:04d}",
+            pseudonym=sim.pseudonym,
             given_name=_GIVEN[i % len(_GIVEN)],
             family_name=_FAMILY[(i * 7) % len(_FAMILY)],
-            birth_date=date(1945 + (i * 3) % 40, 1 + i % 12, 1 + (i * 5) % 28),
-            sex=Sex.FEMALE if i % 2 == 0 else Sex.MALE,
-            has_diabetes=i % 4 == 1,
-            has_ckd=i % 6 == 2,
+            birth_date=date(today.year - sim.age, 1 + i % 12, 1 + (i * 5) % 28),
+            sex=Sex(sim.sex),
+            has_diabetes=sim.diabetes,
+            has_ckd=sim.ckd,
         )
         patients.add_patient(session, team=teams[team_index], patient=patient)
         user(
@@ -171,8 +179,8 @@ def seed_demo(session: Session, *, settings: Settings, n_patients: int = 12) -> 
             Role.PATIENT,
             patient_id=patient.id,
         )
-        ladder = ladders[i % len(ladders)]
-        loops.start_regimen(session, patient_id=patient.id, ladder=ladder, step=i % 2)
+        ladder = next(ld for ld in ladders if ld.drug == sim.drug)
+        loops.start_regimen(session, patient_id=patient.id, ladder=ladder, step=sim.start_step)
         loops.add_envelope_version(
             session,
             patient_id=patient.id,

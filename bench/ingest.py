@@ -385,9 +385,7 @@ def main() -> None:
         )
         if args.postgres:
             url = fresh_postgres_database(args.postgres)
-            results.append(
-                run("PostgreSQL", url, work, args.batches, args.workers, args.admit)
-            )
+            results.append(run("PostgreSQL", url, work, args.batches, args.workers, args.admit))
     print(
         f"{'database':<11} {'e2e readings/s':>15} {'raw inserts/s':>14} {'ratio':>6} "
         f"{'p50 ms':>7} {'p99 ms':>7}"

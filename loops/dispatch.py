@@ -62,8 +62,12 @@ def drain(
     predictor: Callable[[Session], Predictor | None],
     debounce: timedelta = timedelta(seconds=30),
     limit: int = 100,
+    as_of: datetime | None = None,
 ) -> DrainReport:
-    """Evaluate due patients, each in its own transaction with its audit entry."""
+    """Evaluate due patients, each in its own transaction with its audit entry.
+
+    `as_of` evaluates at another time than the outbox is read at (simulated time).
+    """
     report = DrainReport()
     with factory() as session:
         patients = due_patients(session, now=now, debounce=debounce, limit=limit)
@@ -78,7 +82,7 @@ def drain(
                     session,
                     patient_id=patient_id,
                     trigger="new_readings",
-                    now=now,
+                    now=as_of or now,
                     predictor=predictor(session),
                 )
                 for request in claimed:

@@ -55,7 +55,14 @@ def start_regimen(
     """Put a patient on a ladder at a step."""
     if not 0 <= step < len(ladder.steps):
         raise ValueError("step outside the ladder")
-    regimen = MedicationRegimen(patient_id=patient_id, ladder_id=ladder.id or 0, current_step=step)
+    now = clock.utcnow()  # one instant: a regimen that never changed has change == start
+    regimen = MedicationRegimen(
+        patient_id=patient_id,
+        ladder_id=ladder.id or 0,
+        current_step=step,
+        started_at=now,
+        last_changed_at=now,
+    )
     session.add(regimen)
     session.flush()
     return regimen

@@ -33,7 +33,7 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     )
     server = LiveServer(["demo"], env, data_dir)
     try:
-        server.start()
+        server.start(timeout=240.0)  # demo also trains model v1 and simulates 4 weeks
         yield server
     finally:
         server.stop()

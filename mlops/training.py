@@ -1,0 +1,94 @@
+"""Train and register the first titration model (version 1) on protocol-labelled data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from mlops import dataset, registry
+from mlops.dp import train_baseline, train_dp, train_sklearn_baseline
+from mlops.model import evaluate
+from mlops.models import ModelStatus, ModelVersion
+
+
+@dataclass(frozen=True)
+class InitialTraining:
+    """How to build and train version 1."""
+
+    n_patients: int = 200
+    days: int = 84
+    seed: int = 7
+    target_epsilon: float = 3.0
+    max_grad_norm: float = 1.0
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.5
+    holdout: float = 0.25
+
+
+def train_initial(
+    session: Session,
+    *,
+    models_dir: Path,
+    created_by: str,
+    config: InitialTraining = InitialTraining(),
+) -> ModelVersion:
+    """Simulate, label, train with DP (plus baselines), and register as production v1."""
+    data = dataset.build(n_patients=config.n_patients, days=config.days, seed=config.seed)
+    train, held = dataset.split_by_patient(data.groups, holdout=config.holdout, seed=config.seed)
+    X, y = data.X[train], data.y[train]
+    delta = 1.0 / (10 * len(y))  # the project's rule: delta at most 1/(10 n)
+    private = train_dp(
+        X,
+        y,
+        feature_names=data.feature_names,
+        target_epsilon=config.target_epsilon,
+        delta=delta,
+        max_grad_norm=config.max_grad_norm,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+    )
+    baseline = train_baseline(
+        X,
+        y,
+        feature_names=data.feature_names,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+    )
+    sklearn = train_sklearn_baseline(X, y, feature_names=data.feature_names)
+    metrics: dict[str, Any] = {
+        "holdout_rows": int(held.sum()),
+        "train_rows": int(train.sum()),
+        "dp": evaluate(private.model, data.X[held], data.y[held]),
+        "non_dp_baseline": evaluate(baseline.model, data.X[held], data.y[held]),
+        "sklearn_baseline": evaluate(sklearn.model, data.X[held], data.y[held]),
+    }
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = models_dir / f"titration-{data.data_hash[:12]}.json"
+    sha = private.model.save(path)
+    privacy = {
+        **private.privacy_record(),
+        # One row per patient-week: the guarantee covers a row, not a whole patient.
+        "privacy_unit": "row",
+        "secure_mode": False,
+    }
+    return registry.register(
+        session,
+        name=registry.TITRATION,
+        artifact_path=path,
+        artifact_sha256=sha,
+        data_hash=data.data_hash,
+        feature_names=data.feature_names,
+        params={**data.params, "training": config.__dict__, "labels": "protocol v1"},
+        metrics=metrics,
+        privacy=privacy,
+        created_by=created_by,
+        status=ModelStatus.PRODUCTION,
+    )
