@@ -426,9 +426,20 @@ def simulate(
     ] = None,
     drift_day: Annotated[int, typer.Option(min=0)] = 14,
     no_loop: Annotated[bool, typer.Option("--no-loop", help="Only send readings.")] = False,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Compare usual care with the ClinAIOps loops instead (in memory, "
+            "180 days by default); prints a table.",
+        ),
+    ] = False,
 ) -> None:
     """Send a synthetic cohort's readings, day by day up to today, through the ingest API."""
     settings = _settings()
+    if compare:
+        _compare(patients=patients, days=max(days, 180) if days == 28 else days, seed=seed)
+        return
     from app.simulate import run
     from device_ingest.simulator import FirmwareDrift, Scenario
 
@@ -462,6 +473,24 @@ def simulate(
             }
         )
     )
+
+
+def _compare(*, patients: int, days: int, seed: int) -> None:
+    from loops.compare import run_arm, table
+    from mlops import serving
+
+    with session_scope(readonly=True) as session:
+        served = serving.production(session)
+    if served is None:
+        raise CliError("no production model: run `clinaiops models train-initial` first")
+    arms = []
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True
+    ) as bar:
+        for name, scorer in (("usual care", None), ("ClinAIOps", served.predict_proba)):
+            bar.add_task(f"simulating {name}", total=None)
+            arms.append(run_arm(name, n_patients=patients, days=days, seed=seed, scorer=scorer))
+    typer.echo(table(arms))
 
 
 @models_cli.command("train-initial")
