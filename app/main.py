@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -25,6 +26,7 @@ from app.portal import views as portal_views
 from audit import views as audit_views
 from device_ingest import views as device_views
 from loops import views as loop_views
+from loops.worker import LoopWorker
 
 
 @asynccontextmanager
@@ -37,7 +39,20 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # request and rescans the whole heap. Freeze what start-up built and collect less often.
     gc.freeze()
     gc.set_threshold(app.state.settings.gc_gen0_threshold, 20, 20)
-    yield
+    settings = app.state.settings
+    worker = None
+    if settings.loop_worker_seconds > 0:
+        worker = LoopWorker(
+            app.state.session_factory,
+            interval=settings.loop_worker_seconds,
+            debounce=timedelta(seconds=settings.loop_debounce_seconds),
+        )
+        worker.start()
+    try:
+        yield
+    finally:
+        if worker is not None:
+            worker.stop()
 
 
 # Every router the app serves; tests walk these to prove each route is authorized.

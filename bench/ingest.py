@@ -316,7 +316,11 @@ def run(
     """Benchmark one database."""
     keys = setup(url, 50)
     env = clean_env(
-        CLINAIOPS_ENVIRONMENT="dev", CLINAIOPS_DATABASE_URL=url, CLINAIOPS_DATA_DIR=str(workdir)
+        CLINAIOPS_ENVIRONMENT="dev",
+        CLINAIOPS_DATABASE_URL=url,
+        CLINAIOPS_DATA_DIR=str(workdir),
+        CLINAIOPS_MAX_CONCURRENT_REQUESTS=str(admit),
+        CLINAIOPS_LOOP_WORKER_SECONDS="0",  # ingest alone is measured
     )
     server = LiveServer(["serve", "--workers", str(workers)], env, workdir).start()
     try:

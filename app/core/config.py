@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     thread_pool_size: Annotated[int, Field(ge=2, le=2000)] = 64
     # Python's cyclic GC young-generation threshold for server processes (default 700).
     gc_gen0_threshold: Annotated[int, Field(ge=700, le=1_000_000)] = 50_000
+    # The in-process loop worker: seconds between passes over new readings (0: off), and how
+    # long a patient's readings may keep arriving before one evaluation covers the burst.
+    loop_worker_seconds: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    loop_debounce_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
     # Device ingestion: a request holds at most this many readings (413 beyond).
     ingest_max_entries: Annotated[int, Field(ge=1, le=50_000)] = 5000
     # A reading dated further ahead than this is quarantined as implausible.
