@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from app.api.deps import Access, Audience, SessionDep, SettingsDep, require
+from app.api.deps import Access, Audience, SessionDep, SettingsDep, query_patient, require
 from app.auth.principal import Principal
 from app.core import clock
 from app.core.context import current_request_id
@@ -645,13 +645,6 @@ def revoke_device(
 # ----------------------------------------------------------------------------- read side
 
 
-def _query_patient(session: Session, request: Request, principal: Principal) -> str | None:
-    asked = request.query_params.get("patient")
-    if asked:
-        return asked.removeprefix("Patient/")
-    return principal.patient_id  # a patient's own record by default
-
-
 _PREFIXES = ("ge", "le", "gt", "lt", "eq")
 
 
@@ -689,9 +682,7 @@ def search_observations(
     session: SessionDep,
     access: Annotated[
         Access,
-        require(
-            "observation", "search", patient_from=_query_patient, audit_as="observation.search"
-        ),
+        require("observation", "search", patient_from=query_patient, audit_as="observation.search"),
     ],
     code: Annotated[str | None, Query(max_length=100)] = None,
     date_: Annotated[list[str] | None, Query(alias="date", max_length=40)] = None,

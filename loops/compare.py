@@ -19,7 +19,7 @@ import numpy as np
 from device_ingest.simulator import Cohort
 from loops.alerts import CuffReading, crisis
 from loops.protocol import decide
-from mlops.dataset import protocol_state
+from mlops.dataset import protocol_state, reading_point
 from mlops.features import DoseEvent, PatientFacts, ReadingPoint, RegimenFacts, compute_features
 from policies.envelope import TitrationAction, default_rules
 from policies.routing import Proposal, Route, route
@@ -74,17 +74,7 @@ def run_arm(
         out = cohort.simulate_day(day, steps)
         as_of = datetime.combine(out.date + timedelta(days=1), time(), UTC)
         for r in out.readings():
-            points[r.pseudonym].append(
-                ReadingPoint(
-                    time=r.time,
-                    kind=str(r.kind),
-                    device_class=r.device_kind,
-                    systolic=r.systolic,
-                    diastolic=r.diastolic,
-                    value=r.value,
-                    quarantined=r.artifact,
-                )
-            )
+            points[r.pseudonym].append(reading_point(r))
             if (
                 r.device_kind == "validated_cuff"
                 and not r.artifact

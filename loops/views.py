@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from app.api.deps import Access, SessionDep, require
+from app.api.deps import Access, SessionDep, query_patient, require
 from app.auth.principal import Principal
 from app.core import clock
 from app.core.errors import ProblemError
@@ -423,11 +423,6 @@ def medication_request(session: Session, p: Proposal) -> dict[str, Any]:
     }
 
 
-def _query_patient(session: Session, request: Request, principal: Principal) -> str | None:
-    asked = request.query_params.get("patient")
-    return asked.removeprefix("Patient/") if asked else principal.patient_id
-
-
 @fhir_router.get("/MedicationRequest")
 def search_medication_requests(
     session: SessionDep,
@@ -436,7 +431,7 @@ def search_medication_requests(
         require(
             "medication_request",
             "search",
-            patient_from=_query_patient,
+            patient_from=query_patient,
             audit_as="medication_request.search",
         ),
     ],

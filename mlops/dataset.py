@@ -14,7 +14,13 @@ from datetime import UTC, datetime, time, timedelta
 
 import numpy as np
 
-from device_ingest.simulator import Cohort, Scenario, SimPatient, generate_patients
+from device_ingest.simulator import (
+    Cohort,
+    Scenario,
+    SimPatient,
+    SimReading,
+    generate_patients,
+)
 from loops.protocol import PatientState, decide
 from mlops.features import (
     FEATURE_NAMES,
@@ -52,6 +58,20 @@ class TrainingSet:
             digest.update(np.ascontiguousarray(self.y, dtype=np.int64).tobytes())
             digest.update(repr(sorted(self.params.items())).encode())
             self.data_hash = digest.hexdigest()
+
+
+def reading_point(reading: SimReading) -> ReadingPoint:
+    """A simulated reading as the feature module sees a stored one (artifacts quarantined,
+    as ingestion would)."""
+    return ReadingPoint(
+        time=reading.time,
+        kind=str(reading.kind),
+        device_class=reading.device_kind,
+        systolic=reading.systolic,
+        diastolic=reading.diastolic,
+        value=reading.value,
+        quarantined=reading.artifact,
+    )
 
 
 def protocol_state(features: FeatureVector, patient: SimPatient, step: int) -> PatientState:
@@ -117,17 +137,7 @@ def build(
     for day in range(days):
         out = cohort.simulate_day(day, steps)
         for reading in out.readings():
-            readings[reading.pseudonym].append(
-                ReadingPoint(
-                    time=reading.time,
-                    kind=str(reading.kind),
-                    device_class=reading.device_kind,
-                    systolic=reading.systolic,
-                    diastolic=reading.diastolic,
-                    value=reading.value,
-                    quarantined=reading.artifact,
-                )
-            )  # ingestion quarantines artifacts
+            readings[reading.pseudonym].append(reading_point(reading))
         for event in out.medication_events():
             doses[event.pseudonym].append(DoseEvent(time=event.time, taken=event.taken))
         if day < 14 or day % every:

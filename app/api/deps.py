@@ -372,6 +372,13 @@ def require(
     return Depends(dependency)
 
 
+def query_patient(session: Session, request: Request, principal: Principal) -> str | None:
+    """Patient resolver for FHIR searches: `?patient=` (plain id or Patient/<id>), else the
+    caller's own record (a patient searching their own data)."""
+    asked = request.query_params.get("patient")
+    return asked.removeprefix("Patient/") if asked else principal.patient_id
+
+
 def public_route(func: Callable[..., Any]) -> Callable[..., Any]:
     """Mark a route as deliberately unauthenticated (health, login); tests list them."""
     setattr(func, "__clinaiops_public__", True)  # noqa: B010
