@@ -235,7 +235,8 @@ def run(
         session.commit()
     _save_keys(keys_path, keys)
     report = SimulationReport(patients=len(people), days=days)
-    app = create_app(settings, engine)
+    # The run drives the loop itself, at simulated time: no background worker on real time.
+    app = create_app(settings.model_copy(update={"loop_worker_seconds": 0}), engine)
     with TestClient(app, raise_server_exceptions=False) as client:
         for day in range(days):
             with factory() as session:
@@ -266,7 +267,10 @@ def run(
                     if not resources:
                         continue
                     code = _post(
-                        client, key, resources, f"sim-{seed}-{person.sim.pseudonym}-{day}-{kind}"
+                        client,
+                        key,
+                        resources,
+                        f"sim-{seed}-{person.sim.pseudonym}-{out.date}-{kind}",
                     )
                     report.posted += 1
                     report.status_counts[code] = report.status_counts.get(code, 0) + 1

@@ -20,6 +20,7 @@ from loops import service
 from loops.models import (
     PROPOSAL_TRANSITIONS,
     Alert,
+    AlertStatus,
     Evaluation,
     MedicationRegimen,
     PatientNotice,
@@ -41,7 +42,10 @@ from policies.envelope import EnvelopeRules, TitrationAction
 from policies.routing import Proposal as RoutingProposal
 from policies.routing import Route, RoutingDecision, route
 
-HISTORY = timedelta(days=21)  # the longest feature window (14 days) plus the adherence lookback
+# The longest feature window (14 days) plus the adherence lookback.
+HISTORY = timedelta(days=21)
+# The protocol's low-BP rule counts these symptoms only.
+HYPOTENSION_SYMPTOMS = frozenset({"dizziness", "fainting"})
 ACTIONS = (TitrationAction.DECREASE, TitrationAction.HOLD, TitrationAction.INCREASE)
 _DELTA = {TitrationAction.DECREASE: -1, TitrationAction.HOLD: 0, TitrationAction.INCREASE: 1}
 
@@ -154,14 +158,17 @@ def _history(
     ).all()
     doses = [DoseEvent(time=t, taken=bool(k)) for t, k in events]
     alert_doses = [rules.DoseEvent(t, bool(k)) for t, k in events]
-    symptoms = list(
-        session.scalars(
-            select(col(SymptomReport.reported_at)).where(
+    # The protocol's low-BP rule counts hypotension symptoms only, not a cough or a note.
+    symptoms = [
+        when
+        for when, reported in session.execute(
+            select(col(SymptomReport.reported_at), col(SymptomReport.symptoms)).where(
                 col(SymptomReport.patient_id) == patient_id,
                 col(SymptomReport.reported_at) >= now - timedelta(days=3),
             )
         )
-    )
+        if set(reported or []) & HYPOTENSION_SYMPTOMS
+    ]
     return points, doses, alert_doses, cuff, symptoms
 
 
@@ -339,9 +346,14 @@ def _propose(
     envelope = service.envelope_in_force(session, patient_id=patient.id, at=now)
     rules_in_force = EnvelopeRules.model_validate(envelope.rules) if envelope else None
     evaluation.envelope_version = envelope.version if envelope else None
-    open_count = len(service.open_alerts(session, patient_id=patient.id)) + int(
-        result.remeasure_pending
-    )
+    # Unacknowledged alerts block automatic delivery; once a clinician has taken an alert
+    # in hand (acknowledged), the envelope decides again.
+    unseen = [
+        a
+        for a in service.open_alerts(session, patient_id=patient.id)
+        if a.status == AlertStatus.OPEN
+    ]
+    open_count = len(unseen) + int(result.remeasure_pending)
     evidence = features.to_evidence(
         auto_changes_30d=auto_changes_30d(session, patient_id=patient.id, now=now),
         open_alerts=open_count,
@@ -363,6 +375,7 @@ def _propose(
     evaluation.reasons = [str(r) for r in decision.reasons]
     if action is TitrationAction.HOLD:
         evaluation.outcome = Outcome.HOLD  # "keep taking it" is not worth a message each day
+        _supersede_pending(session, patient.id)  # an older queued change is stale now
         return
     explanation = predictor.explain(x, action, features)
     in_ladder = 0 <= to_step < len(ladder.steps)

@@ -181,11 +181,14 @@ def raise_alerts(
 def resolve_cleared(
     session: Session, *, patient_id: str, still_found: Sequence[Finding], now: datetime
 ) -> list[Alert]:
-    """Resolve data-gap alerts whose condition has cleared; others wait for a person."""
+    """Resolve alerts whose condition has cleared: data gaps at once, others once a clinician
+    has acknowledged them (an unacknowledged alert waits to be seen). A recurrence later
+    raises a new alert."""
     keys = {f.key for f in still_found}
     cleared = []
     for alert in open_alerts(session, patient_id=patient_id):
-        if alert.type == AlertType.DATA_GAP and alert.key not in keys:
+        seen = alert.status == AlertStatus.ACKNOWLEDGED
+        if alert.key not in keys and (seen or alert.type == AlertType.DATA_GAP):
             check_transition(ALERT_TRANSITIONS, AlertStatus(alert.status), AlertStatus.RESOLVED)
             alert.status, alert.resolved_at = AlertStatus.RESOLVED, now
             session.add(alert)

@@ -86,7 +86,10 @@ def _recommendation(session: Session, p: Proposal) -> Recommendation:
         "hold": f"keep taking {drug} {p.from_dose:g} {unit}",
     }[p.action]
     text = (
-        f"Your care plan suggests you {change}."
+        f"Your care team is reviewing a possible change: {change}. Keep your current dose "
+        "until they confirm."
+        if p.status == ProposalStatus.PENDING_REVIEW
+        else f"Your care plan suggests you {change}."
         if p.status != ProposalStatus.REJECTED
         else f"No change: your care team decided you should keep taking {drug} "
         f"{p.from_dose:g} {unit}."

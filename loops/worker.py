@@ -4,16 +4,61 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
 
 from app.core import clock
+from audit import service as audit
 from loops import service
+from loops.alerts import CRISIS_LOOKBACK, AlertType
 from loops.dispatch import drain
+from loops.flows import evaluate
+from loops.models import Alert, AlertStatus, PatientNotice
 from mlops import serving
 
 log = logging.getLogger("clinaiops.loop")
+
+
+def recheck_remeasures(factory: sessionmaker[Session], *, now: datetime) -> list[str]:
+    """Evaluate patients whose crisis re-measurement is overdue, so a lone crisis reading
+    alerts even when no further reading ever arrives."""
+    with factory() as session:
+        due = sorted(
+            set(
+                session.scalars(
+                    select(col(PatientNotice.patient_id)).where(
+                        col(PatientNotice.kind) == "remeasure_now",
+                        col(PatientNotice.due_at) <= now,
+                        col(PatientNotice.due_at) > now - CRISIS_LOOKBACK,
+                    )
+                )
+            )
+        )
+        session.rollback()
+    checked = []
+    for patient_id in due:
+        with factory() as session:
+            open_crisis = session.scalars(
+                select(col(Alert.id)).where(
+                    col(Alert.patient_id) == patient_id,
+                    col(Alert.type) == AlertType.CRISIS,
+                    col(Alert.status) != AlertStatus.RESOLVED,
+                )
+            ).first()
+            if open_crisis is None:
+                evaluate(
+                    session,
+                    patient_id=patient_id,
+                    trigger="remeasure_overdue",
+                    now=now,
+                    predictor=serving.production(session),
+                )
+                session.commit()
+                checked.append(patient_id)
+    return checked
 
 
 class LoopWorker:
@@ -43,11 +88,28 @@ class LoopWorker:
         self._thread.join(timeout)
 
     def tick(self) -> None:
-        """One pass: evaluate due patients, escalate overdue alerts."""
+        """One pass: evaluate due patients, re-check overdue re-measure requests, escalate
+        overdue alerts (audited)."""
         now = clock.utcnow()
         report = drain(self.factory, now=now, predictor=serving.production, debounce=self.debounce)
+        recheck_remeasures(self.factory, now=now)
         with self.factory() as session:
             escalated = service.escalate_due(session, now=now)
+            for alert in escalated:
+                audit.record(
+                    session,
+                    actor="system:loop",
+                    actor_role="system",
+                    action="alert.escalate",
+                    resource_type="alert",
+                    resource_id=alert.id,
+                    patient_id=alert.patient_id,
+                    details={
+                        "type": alert.type,
+                        "severity": alert.severity,
+                        "level": alert.escalation_level,
+                    },
+                )
             session.commit()
         if report.evaluated or report.failed or escalated:
             log.info(

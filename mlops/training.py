@@ -39,7 +39,9 @@ def train_initial(
     """Simulate, label, train with DP (plus baselines), and register as production v1."""
     data = dataset.build(n_patients=config.n_patients, days=config.days, seed=config.seed)
     train, held = dataset.split_by_patient(data.groups, holdout=config.holdout, seed=config.seed)
-    X, y = data.X[train], data.y[train]
+    # A further patient-level split of the training side fits the calibration temperature.
+    fit, cal = dataset.split_by_patient(data.groups[train], holdout=0.2, seed=config.seed + 1)
+    X, y = data.X[train][fit], data.y[train][fit]
     delta = 1.0 / (10 * len(y))  # the project's rule: delta at most 1/(10 n)
     private = train_dp(
         X,
@@ -63,15 +65,20 @@ def train_initial(
         seed=config.seed,
     )
     sklearn = train_sklearn_baseline(X, y, feature_names=data.feature_names)
+    X_cal, y_cal = data.X[train][cal], data.y[train][cal]
+    for result in (private, baseline, sklearn):
+        result.model.calibrate(X_cal, y_cal)
     metrics: dict[str, Any] = {
         "holdout_rows": int(held.sum()),
-        "train_rows": int(train.sum()),
+        "train_rows": int(fit.sum()),
+        "calibration_rows": int(cal.sum()),
+        "temperature": private.model.temperature,
         "dp": evaluate(private.model, data.X[held], data.y[held]),
         "non_dp_baseline": evaluate(baseline.model, data.X[held], data.y[held]),
         "sklearn_baseline": evaluate(sklearn.model, data.X[held], data.y[held]),
     }
     models_dir.mkdir(parents=True, exist_ok=True)
-    path = models_dir / f"titration-{data.data_hash[:12]}.json"
+    path = (models_dir / f"titration-{data.data_hash[:12]}.json").resolve()
     sha = private.model.save(path)
     privacy = {
         **private.privacy_record(),

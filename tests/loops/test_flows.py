@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from app.core import clock
@@ -214,3 +214,101 @@ def test_evaluate_when_crisis_reading_asks_to_remeasure_then_alerts(
     assert "open_alert" in later.proposal.reasons
     notices = db.scalars(select(PatientNotice).where(PatientNotice.patient_id == pid)).all()
     assert [n.kind for n in notices].count("remeasure_now") == 1
+
+
+def test_worker_when_crisis_never_remeasured_raises_the_alert(
+    world: World,
+    patient: tuple[str, MedicationRegimen],
+    readings: Callable[..., None],
+    db: Session,
+    engine: Engine,
+) -> None:
+    from app.db import session_factory
+    from loops.models import Alert
+    from loops.worker import recheck_remeasures
+
+    pid, _ = patient
+    readings(140, 85)
+    now = clock.utcnow()
+    readings(192, 100, days=1, per_day=1, now=now + timedelta(hours=2, minutes=-1))
+    asked = evaluate(
+        db,
+        patient_id=pid,
+        trigger="new_readings",
+        now=now,
+        predictor=StubPredictor(TitrationAction.HOLD),
+    )
+    db.commit()
+    assert [n.kind for n in asked.notices] == ["remeasure_now"]
+    # No further reading arrives; once the deadline passes the worker's check alerts.
+    factory = session_factory(engine)
+    assert recheck_remeasures(factory, now=now + timedelta(minutes=3)) == []
+    assert recheck_remeasures(factory, now=now + timedelta(minutes=6)) == [pid]
+    with factory() as s:
+        (alert,) = s.scalars(select(Alert).where(Alert.patient_id == pid)).all()
+    assert alert.type == "hypertensive_crisis"
+
+
+def test_acknowledged_alert_when_condition_clears_resolves_and_stops_blocking(
+    world: World,
+    patient: tuple[str, MedicationRegimen],
+    readings: Callable[..., None],
+    db: Session,
+) -> None:
+    from loops.alerts import AlertType, Finding, Severity
+
+    pid, _ = patient
+    readings(148, 88)
+    now = clock.utcnow()
+    finding = Finding(AlertType.ADHERENCE_DROP, Severity.MEDIUM, f"{pid}:adherence_drop", "x")
+    (alert,) = service.raise_alerts(db, patient_id=pid, found=[finding], now=now)
+    blocked = evaluate(
+        db,
+        patient_id=pid,
+        trigger="daily",
+        now=now,
+        predictor=StubPredictor(TitrationAction.INCREASE),
+    )
+    assert blocked.proposal is not None
+    assert "open_alert" in blocked.proposal.reasons
+    service.acknowledge(db, alert=alert, user_id=world.users["clina"].id or 0, note="", now=now)
+    later = evaluate(
+        db,
+        patient_id=pid,
+        trigger="daily",
+        now=now + timedelta(minutes=1),
+        predictor=StubPredictor(TitrationAction.INCREASE),
+    )
+    db.commit()
+    assert later.proposal is not None
+    assert "open_alert" not in later.proposal.reasons
+    assert alert.status == "resolved"  # the condition cleared after acknowledgement
+
+
+def test_evaluate_when_model_now_holds_supersedes_queued_change(
+    world: World,
+    patient: tuple[str, MedicationRegimen],
+    readings: Callable[..., None],
+    db: Session,
+) -> None:
+    pid, _ = patient
+    readings(148, 88)
+    service.set_kill_switch(db, enabled=True, reason="test", user_id=None)
+    now = clock.utcnow()
+    queued = evaluate(
+        db,
+        patient_id=pid,
+        trigger="daily",
+        now=now,
+        predictor=StubPredictor(TitrationAction.INCREASE),
+    ).proposal
+    evaluate(
+        db,
+        patient_id=pid,
+        trigger="daily",
+        now=now + timedelta(days=1),
+        predictor=StubPredictor(TitrationAction.HOLD),
+    )
+    db.commit()
+    assert queued is not None
+    assert queued.status == ProposalStatus.SUPERSEDED
