@@ -89,11 +89,6 @@ def end_read(session: Session) -> None:
     session.info[_PENDING] = queued
 
 
-def pending(session: Session) -> list[PendingEntry]:
-    """Entries queued on this session and not yet committed."""
-    return list(session.info.get(_PENDING, []))
-
-
 def _flush_pending(session: Session) -> None:
     entries: list[PendingEntry] = session.info.pop(_PENDING, [])
     if entries:

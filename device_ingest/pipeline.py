@@ -9,9 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from sqlalchemy import select
 from sqlalchemy.orm import Session
-from sqlmodel import col
 
 from app.core import clock
 from device_ingest import bulk
@@ -397,14 +395,3 @@ def claim_idempotency(
     session.add(record)
     session.flush()
     return record
-
-
-def pending_evaluations(session: Session, *, limit: int = 100) -> list[EvaluationRequest]:
-    """Hand-offs not yet taken up, oldest first."""
-    stmt = (
-        select(EvaluationRequest)
-        .where(col(EvaluationRequest.status) == "pending")
-        .order_by(col(EvaluationRequest.id))
-        .limit(limit)
-    )
-    return list(session.scalars(stmt))

@@ -1,15 +1,21 @@
-"""Device registration, key checks and revocation."""
+"""Device registration, key checks and revocation; daily summaries of stored readings."""
 
 from __future__ import annotations
 
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from app.auth.security import device_key_matches, new_device_key, parse_device_key
 from app.core import clock
+from app.core.errors import ProblemError
 from app.patients.models import Patient
-from device_ingest.models import Device, DeviceClass
+from device_ingest.models import Device, DeviceClass, Reading, ReadingStatus
 
 
 class DeviceError(ValueError):
@@ -100,3 +106,117 @@ def authenticate_key(session: Session, *, key: str) -> Device | None:
     if device is None or device.revoked_at is not None:
         return None
     return device if device_key_matches(key, device.key_hash) else None
+
+
+class Means(BaseModel):
+    """Mean blood pressure over some readings."""
+
+    systolic: float | None
+    diastolic: float | None
+    n: int
+
+
+class DaySummary(BaseModel):
+    """One local day of a patient's readings, for the portal's trend views."""
+
+    date: date
+    cuff_am: Means
+    cuff_pm: Means
+    cuffless: Means
+    heart_rate_mean: float | None
+    steps: float | None
+    readings: int
+    quarantined: int
+
+
+def _means(values: list[tuple[float, float]]) -> Means:
+    if not values:
+        return Means(systolic=None, diastolic=None, n=0)
+    return Means(
+        systolic=round(sum(v[0] for v in values) / len(values), 1),
+        diastolic=round(sum(v[1] for v in values) / len(values), 1),
+        n=len(values),
+    )
+
+
+def summary_window(from_: date | None, to: date | None, tz: str) -> tuple[ZoneInfo, date, date]:
+    """Validate a summary request's time zone and day range (default: the last 30 days)."""
+    try:
+        zone = ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ProblemError(422, "invalid_timezone", f"unknown time zone {tz!r}") from exc
+    last = to or clock.utcnow().astimezone(zone).date()
+    first = from_ or last - timedelta(days=29)
+    if first > last or (last - first).days > 366:
+        raise ProblemError(422, "invalid_range", "from must precede to, within 366 days")
+    return zone, first, last
+
+
+def daily_summaries(
+    session: Session, *, patient_id: str, first: date, last: date, zone: ZoneInfo
+) -> list[DaySummary]:
+    """One summary per local day with readings, in order."""
+    start = datetime.combine(first, time(), zone)
+    end = datetime.combine(last + timedelta(days=1), time(), zone)
+    rows = session.execute(
+        select(
+            col(Reading.effective_start),
+            col(Reading.kind),
+            col(Reading.device_class),
+            col(Reading.status),
+            col(Reading.systolic),
+            col(Reading.diastolic),
+            col(Reading.value),
+            col(Reading.statistic),
+        ).where(
+            col(Reading.patient_id) == patient_id,
+            col(Reading.effective_start) >= start,
+            col(Reading.effective_start) < end,
+        )
+    ).all()
+    days: dict[date, dict[str, Any]] = {}
+    for when, kind, dclass, status, sbp, dbp, value, statistic in rows:
+        local = when.astimezone(zone)
+        day = days.setdefault(
+            local.date(),
+            {
+                "am": [],
+                "pm": [],
+                "cuffless": [],
+                "hr": [],
+                "steps": 0.0,
+                "has_steps": False,
+                "n": 0,
+                "q": 0,
+            },
+        )
+        day["n"] += 1
+        if status != ReadingStatus.ACCEPTED:
+            day["q"] += 1
+            continue
+        if statistic:  # a summary over an interval, not a single measurement
+            continue
+        if kind == "blood_pressure" and sbp is not None and dbp is not None:
+            if dclass == DeviceClass.VALIDATED_CUFF:
+                day["am" if local.hour < 12 else "pm"].append((sbp, dbp))
+            else:
+                day["cuffless"].append((sbp, dbp))
+        elif kind == "heart_rate" and value is not None:
+            day["hr"].append(value)
+        elif kind == "step_count" and value is not None:
+            day["steps"] += value
+            day["has_steps"] = True
+    out = [
+        DaySummary(
+            date=d,
+            cuff_am=_means(v["am"]),
+            cuff_pm=_means(v["pm"]),
+            cuffless=_means(v["cuffless"]),
+            heart_rate_mean=round(sum(v["hr"]) / len(v["hr"]), 1) if v["hr"] else None,
+            steps=v["steps"] if v["has_steps"] else None,
+            readings=v["n"],
+            quarantined=v["q"],
+        )
+        for d, v in sorted(days.items())
+    ]
+    return out

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import threading
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
@@ -26,6 +25,7 @@ from audit.models import Outcome
 from device_ingest import fhir, omh, pipeline, serialize, service
 from device_ingest.formats import EntryInvalid, ReadingKind, SourceFormat, parse_fhir_datetime
 from device_ingest.models import Device, DeviceClass, IngestRejection, Reading, ReadingStatus
+from device_ingest.service import DaySummary, daily_summaries, summary_window
 
 router = APIRouter(prefix="/api/v1", tags=["devices"])
 fhir_router = APIRouter(prefix="/fhir/R4", tags=["fhir"])
@@ -738,37 +738,6 @@ def search_observations(
     return JSONResponse(bundle, media_type=FHIR_JSON)
 
 
-class Means(BaseModel):
-    """Mean blood pressure over some readings."""
-
-    systolic: float | None
-    diastolic: float | None
-    n: int
-
-
-class DaySummary(BaseModel):
-    """One local day of a patient's readings, for the portal's trend views."""
-
-    date: date
-    cuff_am: Means
-    cuff_pm: Means
-    cuffless: Means
-    heart_rate_mean: float | None
-    steps: float | None
-    readings: int
-    quarantined: int
-
-
-def _means(values: list[tuple[float, float]]) -> Means:
-    if not values:
-        return Means(systolic=None, diastolic=None, n=0)
-    return Means(
-        systolic=round(sum(v[0] for v in values) / len(values), 1),
-        diastolic=round(sum(v[1] for v in values) / len(values), 1),
-        n=len(values),
-    )
-
-
 @router.get("/patients/{patient_id}/readings", response_model=list[DaySummary])
 def daily_readings(
     patient_id: Annotated[str, Path(max_length=36)],
@@ -785,89 +754,6 @@ def daily_readings(
     out = daily_summaries(session, patient_id=patient_id, first=first, last=last, zone=zone)
     access.entry.details = {"from": first.isoformat(), "to": last.isoformat(), "days": len(out)}
     session.commit()
-    return out
-
-
-def summary_window(from_: date | None, to: date | None, tz: str) -> tuple[ZoneInfo, date, date]:
-    """Validate a summary request's time zone and day range (default: the last 30 days)."""
-    try:
-        zone = ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ProblemError(422, "invalid_timezone", f"unknown time zone {tz!r}") from exc
-    last = to or clock.utcnow().astimezone(zone).date()
-    first = from_ or last - timedelta(days=29)
-    if first > last or (last - first).days > 366:
-        raise ProblemError(422, "invalid_range", "from must precede to, within 366 days")
-    return zone, first, last
-
-
-def daily_summaries(
-    session: Session, *, patient_id: str, first: date, last: date, zone: ZoneInfo
-) -> list[DaySummary]:
-    """One summary per local day with readings, in order."""
-    start = datetime.combine(first, time(), zone)
-    end = datetime.combine(last + timedelta(days=1), time(), zone)
-    rows = session.execute(
-        select(
-            col(Reading.effective_start),
-            col(Reading.kind),
-            col(Reading.device_class),
-            col(Reading.status),
-            col(Reading.systolic),
-            col(Reading.diastolic),
-            col(Reading.value),
-            col(Reading.statistic),
-        ).where(
-            col(Reading.patient_id) == patient_id,
-            col(Reading.effective_start) >= start,
-            col(Reading.effective_start) < end,
-        )
-    ).all()
-    days: dict[date, dict[str, Any]] = {}
-    for when, kind, dclass, status, sbp, dbp, value, statistic in rows:
-        local = when.astimezone(zone)
-        day = days.setdefault(
-            local.date(),
-            {
-                "am": [],
-                "pm": [],
-                "cuffless": [],
-                "hr": [],
-                "steps": 0.0,
-                "has_steps": False,
-                "n": 0,
-                "q": 0,
-            },
-        )
-        day["n"] += 1
-        if status != ReadingStatus.ACCEPTED:
-            day["q"] += 1
-            continue
-        if statistic:  # a summary over an interval, not a single measurement
-            continue
-        if kind == "blood_pressure" and sbp is not None and dbp is not None:
-            if dclass == DeviceClass.VALIDATED_CUFF:
-                day["am" if local.hour < 12 else "pm"].append((sbp, dbp))
-            else:
-                day["cuffless"].append((sbp, dbp))
-        elif kind == "heart_rate" and value is not None:
-            day["hr"].append(value)
-        elif kind == "step_count" and value is not None:
-            day["steps"] += value
-            day["has_steps"] = True
-    out = [
-        DaySummary(
-            date=d,
-            cuff_am=_means(v["am"]),
-            cuff_pm=_means(v["pm"]),
-            cuffless=_means(v["cuffless"]),
-            heart_rate_mean=round(sum(v["hr"]) / len(v["hr"]), 1) if v["hr"] else None,
-            steps=v["steps"] if v["has_steps"] else None,
-            readings=v["n"],
-            quarantined=v["q"],
-        )
-        for d, v in sorted(days.items())
-    ]
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, Protocol
 
 import numpy as np
@@ -73,7 +74,7 @@ class Predictor(Protocol):
         """SHAP values for `action` and their plain-language rendering."""
 
 
-class Outcome:
+class Outcome(StrEnum):
     """What an evaluation concluded (stored on the evaluation row)."""
 
     NO_REGIMEN = "no_regimen"

@@ -17,7 +17,7 @@ from app.api.deps import Access, SessionDep, query_patient, require
 from app.auth.principal import Principal
 from app.core import clock
 from app.core.errors import ProblemError
-from device_ingest.views import DaySummary, daily_summaries, summary_window
+from device_ingest.service import DaySummary, daily_summaries, summary_window
 from loops import service
 from loops.models import (
     Alert,
