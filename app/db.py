@@ -178,10 +178,11 @@ def get_engine() -> Engine:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """A session factory whose sessions write their queued audit entries at every commit."""
-    factory = sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
-    from audit.service import install  # late import: audit's models import this module
+    # Importing audit.service registers, once, the commit hook that writes queued audit
+    # entries (late import: audit's models import this module).
+    import audit.service  # noqa: F401
 
-    install(factory)
+    factory = sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
     return factory
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import event, select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from app.core import clock
@@ -99,11 +99,12 @@ def _drop_pending(session: Session, *_: object) -> None:
     session.info.pop(_PENDING, None)
 
 
-def install(factory: sessionmaker[Session]) -> None:
-    """Make every commit of the factory's sessions write the entries queued on it first."""
-    if not event.contains(factory, "before_commit", _flush_pending):
-        event.listen(factory, "before_commit", _flush_pending)
-        event.listen(factory, "after_rollback", _drop_pending)
+# Every Session, whichever factory made it, writes its queued entries at commit. Registered
+# once, on the class, when this module is imported: per-factory registration was keyed by
+# object id in SQLAlchemy's event registry, and a new factory reusing a collected one's id
+# could be taken as already registered, silently losing its sessions' entries.
+event.listen(Session, "before_commit", _flush_pending)
+event.listen(Session, "after_rollback", _drop_pending)
 
 
 def append(session: Session, entries: list[PendingEntry]) -> list[AuditEntry]:

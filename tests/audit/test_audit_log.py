@@ -377,3 +377,17 @@ def test_readonly_session_when_open_does_not_block_writers(engine: Engine, db: S
         if engine.dialect.name == "sqlite":
             assert service.tree_size(reader) == 1  # the reader keeps its WAL snapshot
     assert service.tree_size(db) == 2
+
+
+def test_entries_when_factories_come_and_go_are_always_written(engine: Engine) -> None:
+    import gc
+
+    for i in range(60):
+        factory = session_factory(engine)  # a new factory each time, as session_scope makes
+        with factory() as session:
+            _record(session, "test.factory", i=i)
+            session.commit()
+        del factory
+        gc.collect()  # freed factories' ids get reused; no session may go unaudited
+    with session_factory(engine)() as session:
+        assert service.tree_size(session) == 60
