@@ -19,10 +19,11 @@ and judges every unusual document. The differential tests hold `fast_accepts(d)`
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Mapping
 
-__all__ = ["fast_accepts"]
+__all__ = ["EqualityMemo", "concept_ok", "fast_accepts", "field_ok", "quantity_unit_ok"]
 
 Check = Callable[[object], bool]
 
@@ -132,8 +133,88 @@ def _array(item: Check) -> Check:
     return check
 
 
+class EqualityMemo:
+    """Results of a pure function of JSON values, found again by equality (==).
+
+    A device sends the same few codes in every reading; comparing a value with the ones
+    seen before (in C, by `tuple.index`) costs far less than walking it again. Only for
+    values whose leaves are all strings: there `==` implies the same JSON types (1 == True
+    == 1.0 would otherwise let an invalid value match a valid one).
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        # One tuple pair replaced at once, so concurrent threads never see them misaligned.
+        self._state: tuple[tuple[object, ...], tuple[object, ...]] = ((), ())
+
+    def get(self, value: object, default: object = None) -> object:
+        """The result stored for a value equal to `value`, else `default`."""
+        keys, results = self._state
+        try:
+            return results[keys.index(value)]
+        except ValueError:
+            return default
+
+    def put(self, value: object, result: object) -> None:
+        """Remember `result` for `value` (a copy of it); forget everything when full."""
+        keys, results = self._state
+        if len(keys) >= self._size:
+            keys, results = (), ()
+        self._state = ((*keys, copy.deepcopy(value)), (*results, result))
+
+
 _coding = _object({"system": _uri, "code": _code, "display": _string})
-_concept = _object({"coding": _array(_coding), "text": _string})
+_concept_walk = _object({"coding": _array(_coding), "text": _string})
+_CONCEPTS = EqualityMemo()
+_VALID = object()
+
+
+def _concept(value: object) -> bool:
+    # A valid concept holds strings only (see EqualityMemo), so equality is safe here.
+    if _CONCEPTS.get(value) is _VALID:
+        return True
+    if not _concept_walk(value):
+        return False
+    _CONCEPTS.put(value, _VALID)
+    return True
+
+
+def concept_ok(value: object) -> bool:
+    """The fast path's CodeableConcept check (memoized): True only for a valid one."""
+    return _concept(value)
+
+
+_MISSING = object()
+_QUANTITY_KEYS = frozenset({"value", "unit", "system", "code"})
+_UNITS_SEEN: set[tuple[object, object, object]] = set()
+
+
+def quantity_unit_ok(quantity: dict[str, object]) -> bool:
+    """A Quantity's keys and its unit, system and code pass the fast path (value unchecked)."""
+    if not quantity.keys() <= _QUANTITY_KEYS:
+        return False
+    key = (
+        quantity.get("unit", _MISSING),
+        quantity.get("system", _MISSING),
+        quantity.get("code", _MISSING),
+    )
+    try:
+        if key in _UNITS_SEEN:  # only all-string keys are ever stored: equality is safe
+            return True
+    except TypeError:  # an unhashable value (a list or an object) is no unit
+        return False
+    unit, system, code = key
+    if not (
+        (unit is _MISSING or _string(unit))
+        and (system is _MISSING or _uri(system))
+        and (code is _MISSING or _code(code))
+    ):
+        return False
+    if len(_UNITS_SEEN) < 256:
+        _UNITS_SEEN.add(key)
+    return True
+
+
 _reference = _object({"reference": _string, "display": _string})
 _quantity = _object({"value": _decimal, "unit": _string, "system": _uri, "code": _code})
 _period = _object({"start": _datetime, "end": _datetime})
@@ -160,6 +241,12 @@ _OBSERVATION: dict[str, Check] = {
 }
 _observation = _object(_OBSERVATION, ("resourceType", "status", "code"))
 _EFFECTIVE = ("effectiveDateTime", "effectivePeriod", "effectiveInstant")
+
+
+def field_ok(key: str, value: object) -> bool:
+    """The fast path's check of one Observation element (False for an element it lacks)."""
+    check = _OBSERVATION.get(key)
+    return check is not None and check(value)
 
 
 def fast_accepts(obj: object) -> bool:

@@ -41,13 +41,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fhir.resources.R4B.medicationadministration import MedicationAdministration
 from fhir.resources.R4B.observation import Observation
 from pydantic import BaseModel, ValidationError
 
-from device_ingest.fastpath import fast_accepts
+from device_ingest.fastpath import (
+    EqualityMemo,
+    concept_ok,
+    fast_accepts,
+    field_ok,
+    quantity_unit_ok,
+)
 from device_ingest.formats import (
     MMHG_PER_KPA,
     UNIT_MMHG,
@@ -218,6 +225,10 @@ def parse_resource(
         resource_type = _resource_type(obj)
         assert isinstance(obj, dict)
         if resource_type == "Observation":
+            if fast:
+                reading = _fused_observation(obj)
+                if reading is not None:
+                    return reading
             if not (fast and fast_accepts(obj)):
                 _validate(Observation, obj)
             return _observation(obj)
@@ -427,6 +438,167 @@ def _unit_factor(quantity: dict[str, Any], kind: ReadingKind, path: str) -> floa
             path,
         )
     return accepted[unit]
+
+
+# ------------------------------------------------------------------ one-pass route
+
+# What the one-pass route reads; any other element sends the document the long way.
+_FUSED_KEYS = frozenset(
+    {
+        "resourceType",
+        "id",
+        "meta",
+        "identifier",
+        "status",
+        "category",
+        "code",
+        "subject",
+        "effectiveDateTime",
+        "issued",
+        "device",
+        "valueQuantity",
+        "component",
+    }
+)
+_CHECKED_AS_IS = ("id", "meta", "identifier", "subject", "issued", "device")
+_COMPONENT_KEYS = frozenset({"code", "valueQuantity"})
+_BP_CODES = (SYSTOLIC, DIASTOLIC)
+_KINDS = EqualityMemo()  # valid code concept -> (kind, code), or None when unsupported
+_COMPONENT_CODES = EqualityMemo()  # valid component concept -> its systolic/diastolic codes
+_NOT_SEEN = object()
+
+
+def _fused_observation(obj: dict[str, Any]) -> ParsedReading | None:
+    """Structure and meaning of a plain device Observation in one pass, or None.
+
+    None decides nothing: the document takes the long way (fast_accepts or fhir.resources,
+    then `_observation`), which also words every refusal. The differential tests hold that
+    this route returns exactly what the long way does whenever it returns anything.
+    """
+    if not obj.keys() <= _FUSED_KEYS or obj.get("resourceType") != "Observation":
+        return None
+    status = obj.get("status")
+    if type(status) is not str or status not in OBSERVATION_STATUSES:
+        return None
+    for key in _CHECKED_AS_IS:
+        if key in obj and not field_ok(key, obj[key]):
+            return None
+    category = obj.get("category")
+    if category is not None:
+        if type(category) is not list or not 0 < len(category) <= 64:
+            return None
+        for concept in category:
+            if not concept_ok(concept):
+                return None
+    found = _code_kind(obj.get("code"))
+    if found is None:
+        return None
+    kind, code = found
+    effective = _fused_effective(obj.get("effectiveDateTime"))
+    if effective is None:
+        return None
+    context = _context(obj) if "device" in obj else {}
+    subject = _reference(obj.get("subject"))
+    unit = CANONICAL_UNIT[kind]
+    if kind is ReadingKind.BLOOD_PRESSURE:
+        if "valueQuantity" in obj:
+            return None
+        pressures = _fused_pressures(obj.get("component"))
+        if pressures is None:
+            return None
+        return ParsedReading(
+            kind=kind,
+            code=code,
+            effective=effective,
+            systolic=pressures[0],
+            diastolic=pressures[1],
+            unit=unit,
+            subject=subject,
+            context=context,
+        )
+    if "component" in obj:
+        return None
+    value = _fused_measure(obj.get("valueQuantity"), kind)
+    if value is None or (kind is ReadingKind.STEP_COUNT and value < 0):
+        return None
+    return ParsedReading(
+        kind=kind,
+        code=code,
+        effective=effective,
+        value=value,
+        unit=unit,
+        subject=subject,
+        context=context,
+    )
+
+
+def _code_kind(concept: object) -> tuple[ReadingKind, str] | None:
+    found = _KINDS.get(concept, _NOT_SEEN)
+    if found is _NOT_SEEN:
+        if not concept_ok(concept):
+            return None
+        try:
+            found = _observation_kind(concept)
+        except EntryInvalid:
+            found = None
+        _KINDS.put(concept, found)
+    return found  # type: ignore[return-value]
+
+
+def _fused_effective(raw: object) -> EffectiveTime | None:
+    if not field_ok("effectiveDateTime", raw):
+        return None
+    assert isinstance(raw, str)
+    if len(raw) < 20:  # a partial date: parse_fhir_datetime keeps its precision
+        return parse_fhir_datetime(raw)
+    # A full date-time the fast path's narrowed regex took: no leap second, an offset, a
+    # year Python can represent in UTC; fromisoformat reads it as parse_fhir_datetime would.
+    return EffectiveTime(datetime.fromisoformat(raw).astimezone(UTC), None, Precision.SECOND, raw)
+
+
+def _fused_pressures(components: object) -> tuple[float, float] | None:
+    if type(components) is not list or len(components) != 2:
+        return None
+    values: dict[str, float] = {}
+    for component in components:
+        if type(component) is not dict or not component.keys() <= _COMPONENT_KEYS:
+            return None
+        concept = component.get("code")
+        codes = _COMPONENT_CODES.get(concept, _NOT_SEEN)
+        if codes is _NOT_SEEN:
+            if not concept_ok(concept):
+                return None
+            codes = tuple(c for c in _loinc_codes(concept) if c in _BP_CODES)
+            _COMPONENT_CODES.put(concept, codes)
+        assert isinstance(codes, tuple)
+        if len(codes) != 1 or codes[0] in values:
+            return None
+        value = _fused_measure(component.get("valueQuantity"), ReadingKind.BLOOD_PRESSURE)
+        if value is None:
+            return None
+        values[codes[0]] = value
+    return values[SYSTOLIC], values[DIASTOLIC]
+
+
+def _fused_measure(quantity: object, kind: ReadingKind) -> float | None:
+    if type(quantity) is not dict or not quantity_unit_ok(quantity):
+        return None
+    value = quantity.get("value")
+    if (type(value) is not int and type(value) is not float) or not -_MAX_MAGNITUDE < value < (
+        _MAX_MAGNITUDE
+    ):
+        return None
+    code, system, text = quantity.get("code"), quantity.get("system"), quantity.get("unit")
+    if isinstance(code, str) and system in (None, UCUM):
+        unit = code
+    elif isinstance(text, str):
+        unit = text
+    else:
+        return None
+    factor = UNITS[kind].get(unit)
+    if factor is None:
+        return None
+    return float(value) if factor == 1.0 else round(value * factor, 1)
 
 
 # ------------------------------------------------------------------ MedicationAdministration

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -118,40 +118,115 @@ def _natural_key(device_id: str, parts: tuple[object, ...]) -> str:
     return sha256_hex("|".join([device_id, *(str(p) for p in parts)]).encode())
 
 
-def store(
-    session: Session,
+@dataclass(frozen=True, slots=True)
+class DeviceFacts:
+    """What rows take from their device, read once: rows are built outside the transaction."""
+
+    id: str
+    patient_id: str
+    device_class: str
+    model: str
+    firmware_version: str
+    calibration_systolic: float
+    calibration_diastolic: float
+
+    @classmethod
+    def of(cls, device: Device) -> DeviceFacts:
+        """The facts of a loaded device row."""
+        return cls(
+            id=device.id,
+            patient_id=device.patient_id,
+            device_class=device.device_class,
+            model=device.model,
+            firmware_version=device.firmware_version,
+            calibration_systolic=device.calibration_systolic,
+            calibration_diastolic=device.calibration_diastolic,
+        )
+
+
+@dataclass
+class Prepared:
+    """A request's rows built and its entries judged, before any database work."""
+
+    device: DeviceFacts
+    now: datetime
+    source_format: SourceFormat
+    entries: int
+    outcomes: list[EntryOutcome]
+    rejected: list[tuple[EntryOutcome, object]]
+    reading_rows: dict[str, list[Any]]
+    event_rows: dict[str, list[Any]]
+    keyed: list[tuple[EntryOutcome, str]]
+
+
+def prepare(
     *,
-    device: Device,
+    device: DeviceFacts,
     items: list[Parsed | EntryInvalid],
     raw_entries: list[object],
     source_format: SourceFormat,
-    bundle_type: str,
     atomic: bool,
-    body: bytes,
-    content_type: str,
     limits: Limits,
-    idempotency_key: str | None,
-    request_id: str | None,
-) -> IngestResult:
-    """Store what is valid, quarantine what is implausible, keep what is refused.
+    postgres: bool,
+) -> Prepared:
+    """Judge every entry and build its row (pure): the costly part, done without a lock.
 
-    With `atomic`, one bad entry refuses the whole request (TransactionRejected) and the
-    caller must roll back. Never commits.
+    With `atomic`, one bad entry refuses the whole request (TransactionRejected).
     """
     now = clock.utcnow()
     outcomes = check_entries(items, patient_id=device.patient_id)
     if atomic and any(o.status is EntryStatus.REJECTED for o in outcomes):
         raise TransactionRejected(outcomes)
+    rows = _RowMaker(device, now, limits, source_format, bulk.Values(postgres=postgres))
+    prepared = Prepared(device, now, source_format, len(items), outcomes, [], {}, {}, [])
+    for outcome, item, raw in zip(outcomes, items, raw_entries, strict=True):
+        if outcome.status is EntryStatus.REJECTED:
+            prepared.rejected.append((outcome, raw))
+            continue
+        if isinstance(item, ParsedReading):
+            key, row, reasons = rows.reading(item)
+            target = prepared.reading_rows
+            if reasons:
+                outcome.status, outcome.reasons = EntryStatus.QUARANTINED, reasons
+        elif isinstance(item, ParsedMedicationEvent):
+            key, row = rows.event(item)
+            target = prepared.event_rows
+        else:  # pragma: no cover - check_entries refused everything else
+            continue
+        if key in target:
+            outcome.status, outcome.http_status, outcome.reasons = EntryStatus.DUPLICATE, 200, []
+        else:
+            target[key] = row
+        prepared.keyed.append((outcome, key))
+    return prepared
+
+
+def store(
+    session: Session,
+    *,
+    prepared: Prepared,
+    bundle_type: str,
+    body: bytes,
+    content_type: str,
+    idempotency_key: str | None,
+    request_id: str | None,
+) -> IngestResult:
+    """Store what is valid, quarantine what is implausible, keep what is refused.
+
+    `prepared` must have been built from the device as it stands in this transaction.
+    Never commits.
+    """
+    device, now, outcomes = prepared.device, prepared.now, prepared.outcomes
     batch = IngestBatch(
         device_id=device.id,
         patient_id=device.patient_id,
         received_at=now,
         content_type=content_type[:100],
-        source_format=str(source_format),
+        source_format=str(prepared.source_format),
         bundle_type=bundle_type,
         body_sha256=sha256_hex(body),
         body_bytes=len(body),
-        entries=len(items),
+        entries=prepared.entries,
         idempotency_key=idempotency_key,
         request_id=request_id,
     )
@@ -159,36 +234,21 @@ def store(
     session.flush()
     assert batch.id is not None
     # Provenance: every row keeps the hash of the raw payload it arrived in (with batch_id).
-    body_hash = batch.body_sha256
-    reading_rows: dict[str, dict[str, Any]] = {}
-    event_rows: dict[str, dict[str, Any]] = {}
-    keyed: list[tuple[EntryOutcome, str]] = []
-    for outcome, item, raw in zip(outcomes, items, raw_entries, strict=True):
-        if outcome.status is EntryStatus.REJECTED:
-            assert outcome.error is not None
-            session.add(_rejection(device, now, request_id, outcome, raw))
-            continue
-        if isinstance(item, ParsedReading):
-            key, row = _reading_row(device, item, batch.id, now, body_hash, limits, source_format)
-            target = reading_rows
-            if row["status"] == ReadingStatus.QUARANTINED:
-                outcome.status = EntryStatus.QUARANTINED
-                outcome.reasons = list(row["quarantine_reasons"])
-        elif isinstance(item, ParsedMedicationEvent):
-            key, row = _event_row(device, item, batch.id, now, body_hash)
-            target = event_rows
-        else:  # pragma: no cover - check_entries refused everything else
-            continue
-        if key in target:
-            outcome.status, outcome.http_status = EntryStatus.DUPLICATE, 200
-        else:
-            target[key] = row
-        keyed.append((outcome, key))
+    for rows in (prepared.reading_rows, prepared.event_rows):
+        for row in rows.values():
+            row[_BATCH_ID] = batch.id
+            row[_PAYLOAD_HASH] = batch.body_sha256
+    for outcome, raw in prepared.rejected:
+        session.add(_rejection(device, now, request_id, outcome, raw))
     stored: dict[str, int] = {}
-    tables = (Reading.__table__, MedicationEvent.__table__)  # type: ignore[attr-defined]
-    for table, rows in zip(tables, (reading_rows, event_rows), strict=True):
-        stored.update(bulk.insert_new(session, table, list(rows.values()), batch_id=batch.id))
-    for outcome, key in keyed:
+    for table, columns, table_rows in (
+        (Reading.__table__, READING_COLUMNS, prepared.reading_rows),  # type: ignore[attr-defined]
+        (MedicationEvent.__table__, EVENT_COLUMNS, prepared.event_rows),  # type: ignore[attr-defined]
+    ):
+        stored.update(
+            bulk.insert_new(session, table, columns, list(table_rows.values()), batch_id=batch.id)
+        )
+    for outcome, key in prepared.keyed:
         if outcome.status is EntryStatus.DUPLICATE:
             continue
         if key in stored:
@@ -217,109 +277,144 @@ def store(
     return IngestResult(batch, outcomes)
 
 
-def _reading_row(
-    device: Device,
-    item: ParsedReading,
-    batch_id: int,
-    now: datetime,
-    body_hash: str,
-    limits: Limits,
-    source_format: SourceFormat,
-) -> tuple[str, dict[str, Any]]:
-    key = _natural_key(
-        device.id,
-        (
-            item.kind,
+# Columns every row of one request shares, then each row's own, in insert order.
+_SHARED = (
+    "patient_id",
+    "device_id",
+    "batch_id",
+    "payload_sha256",
+    "received_at",
+)
+_BATCH_ID, _PAYLOAD_HASH = 2, 3
+READING_COLUMNS = (
+    *_SHARED,
+    "device_class",
+    "device_model",
+    "firmware_version",
+    "source_format",
+    "kind",
+    "code",
+    "effective_start",
+    "effective_end",
+    "effective_precision",
+    "effective_raw",
+    "systolic",
+    "diastolic",
+    "value",
+    "unit",
+    "statistic",
+    "calibration_systolic",
+    "calibration_diastolic",
+    "status",
+    "quarantine_reasons",
+    "natural_key",
+    "context",
+)
+EVENT_COLUMNS = (
+    *_SHARED,
+    "medication",
+    "taken",
+    "reason",
+    "effective_start",
+    "effective_precision",
+    "effective_raw",
+    "natural_key",
+)
+
+
+class _RowMaker:
+    """Driver-ready rows for one request: what they share is converted once."""
+
+    def __init__(
+        self,
+        device: DeviceFacts,
+        now: datetime,
+        limits: Limits,
+        source_format: SourceFormat,
+        values: bulk.Values,
+    ) -> None:
+        self.device_id = device.id
+        self.now, self.limits, self.values = now, limits, values
+        # batch_id and payload_sha256 are set by store() once the batch row exists.
+        shared = (device.patient_id, device.id, None, None, values.time(now))
+        self.reading_prefix = (
+            *shared,
+            device.device_class,
+            device.model,
+            device.firmware_version,
+            str(source_format),
+        )
+        self.event_prefix = shared
+        self.cal_s = device.calibration_systolic
+        self.cal_d = device.calibration_diastolic
+
+    def reading(self, item: ParsedReading) -> tuple[str, list[Any], list[str]]:
+        """A reading's natural key, row (calibrated) and quarantine reasons."""
+        effective = item.effective
+        sbp, dbp = item.systolic, item.diastolic
+        # The key is of the values as sent, before calibration: a resend matches. Same
+        # text as _natural_key (an f-string renders these exactly as str() does).
+        key = hashlib.sha256(
+            f"{self.device_id}|{item.kind}|{item.code}|{effective.raw}|"
+            f"{effective.start.isoformat()}|{sbp}|{dbp}|{item.value}|{item.statistic}".encode()
+        ).hexdigest()
+        cal_s = cal_d = 0.0
+        calibrated = item
+        if item.kind is ReadingKind.BLOOD_PRESSURE:
+            # Stored pressures are calibrated and kept to 0.1 mmHg, calibration or not.
+            cal_s, cal_d = self.cal_s, self.cal_d
+            sbp_c = None if sbp is None else round(sbp + cal_s, 1)
+            dbp_c = None if dbp is None else round(dbp + cal_d, 1)
+            if sbp_c != sbp or dbp_c != dbp:
+                calibrated = replace(item, systolic=sbp_c, diastolic=dbp_c)
+        reasons = quarantine_reasons(
+            calibrated, now=self.now, max_future=self.limits.max_future, max_age=self.limits.max_age
+        )
+        time, json = self.values.time, self.values.json
+        row = [
+            *self.reading_prefix,
+            str(item.kind),
             item.code,
-            item.effective.raw,
-            item.effective.start.isoformat(),
-            item.systolic,
-            item.diastolic,
+            time(effective.start),
+            time(effective.end),
+            str(effective.precision),
+            effective.raw[:120],
+            calibrated.systolic,
+            calibrated.diastolic,
             item.value,
+            item.unit,
             item.statistic,
-        ),
-    )
-    cal_s = cal_d = 0.0
-    systolic, diastolic = item.systolic, item.diastolic
-    if item.kind is ReadingKind.BLOOD_PRESSURE:
-        cal_s, cal_d = device.calibration_systolic, device.calibration_diastolic
-        systolic = None if systolic is None else round(systolic + cal_s, 1)
-        diastolic = None if diastolic is None else round(diastolic + cal_d, 1)
-    calibrated = ParsedReading(
-        kind=item.kind,
-        code=item.code,
-        effective=item.effective,
-        systolic=systolic,
-        diastolic=diastolic,
-        value=item.value,
-        unit=item.unit,
-        statistic=item.statistic,
-    )
-    reasons = quarantine_reasons(
-        calibrated, now=now, max_future=limits.max_future, max_age=limits.max_age
-    )
-    row = {
-        "patient_id": device.patient_id,
-        "device_id": device.id,
-        "batch_id": batch_id,
-        "device_class": device.device_class,
-        "device_model": device.model,
-        "firmware_version": device.firmware_version,
-        "kind": str(item.kind),
-        "code": item.code,
-        "effective_start": item.effective.start,
-        "effective_end": item.effective.end,
-        "effective_precision": str(item.effective.precision),
-        "effective_raw": item.effective.raw[:120],
-        "systolic": systolic,
-        "diastolic": diastolic,
-        "value": item.value,
-        "unit": item.unit,
-        "statistic": item.statistic,
-        "calibration_systolic": cal_s,
-        "calibration_diastolic": cal_d,
-        "status": ReadingStatus.QUARANTINED if reasons else ReadingStatus.ACCEPTED,
-        "quarantine_reasons": reasons,
-        "source_format": str(source_format),
-        "payload_sha256": body_hash,
-        "received_at": now,
-        "natural_key": key,
-        "context": item.context,
-    }
-    return key, row
+            cal_s,
+            cal_d,
+            str(ReadingStatus.QUARANTINED if reasons else ReadingStatus.ACCEPTED),
+            json(reasons),
+            key,
+            json(item.context),
+        ]
+        return key, row, reasons
 
-
-def _event_row(
-    device: Device, item: ParsedMedicationEvent, batch_id: int, now: datetime, body_hash: str
-) -> tuple[str, dict[str, Any]]:
-    key = _natural_key(
-        device.id,
-        (
-            "medication",
-            item.medication,
-            item.effective.raw,
-            item.effective.start.isoformat(),
+    def event(self, item: ParsedMedicationEvent) -> tuple[str, list[Any]]:
+        """A dose event's natural key and row."""
+        effective = item.effective
+        key = _natural_key(
+            self.device_id,
+            ("medication", item.medication, effective.raw, effective.start.isoformat(), item.taken),
+        )
+        row = [
+            *self.event_prefix,
+            item.medication[:200],
             item.taken,
-        ),
-    )
-    return key, {
-        "patient_id": device.patient_id,
-        "device_id": device.id,
-        "batch_id": batch_id,
-        "medication": item.medication[:200],
-        "taken": item.taken,
-        "reason": None if item.reason is None else item.reason[:200],
-        "effective_start": item.effective.start,
-        "effective_precision": str(item.effective.precision),
-        "effective_raw": item.effective.raw[:120],
-        "payload_sha256": body_hash,
-        "received_at": now,
-        "natural_key": key,
-    }
+            None if item.reason is None else item.reason[:200],
+            self.values.time(effective.start),
+            str(effective.precision),
+            effective.raw[:120],
+            key,
+        ]
+        return key, row
 
 
 def _rejection(
-    device: Device, now: datetime, request_id: str | None, outcome: EntryOutcome, raw: object
+    device: DeviceFacts, now: datetime, request_id: str | None, outcome: EntryOutcome, raw: object
 ) -> IngestRejection:
     assert outcome.error is not None
     # Stored exactly as hashed (canonical: sorted keys, compact), so the hash checks out.
@@ -369,7 +464,11 @@ def record_refusal(
     count = 0
     for outcome in outcomes:
         if outcome.status is EntryStatus.REJECTED:
-            session.add(_rejection(device, now, request_id, outcome, raw_entries[outcome.index]))
+            session.add(
+                _rejection(
+                    DeviceFacts.of(device), now, request_id, outcome, raw_entries[outcome.index]
+                )
+            )
             count += 1
     return count
 

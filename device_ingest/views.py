@@ -120,6 +120,20 @@ def _parse(content_type: str, body: bytes, max_entries: int) -> _Parsed:
         )
 
 
+def _prepare(
+    parsed: _Parsed, facts: pipeline.DeviceFacts, limits: pipeline.Limits, postgres: bool
+) -> pipeline.Prepared:
+    return pipeline.prepare(
+        device=facts,
+        items=parsed.items,
+        raw_entries=parsed.raw,
+        source_format=parsed.format,
+        atomic=parsed.atomic,
+        limits=limits,
+        postgres=postgres,
+    )
+
+
 def _check_count(n: int, max_entries: int) -> None:
     if n > max_entries:
         raise ProblemError(
@@ -194,19 +208,20 @@ def _bundle_response(result: pipeline.IngestResult, bundle_type: str) -> dict[st
 
 
 def _replay(record: Any, access: Access, session: Session) -> Response:
-    access.entry.details = {
-        "replayed": True,
-        "idempotency_key": record.key,
-        "status": record.status_code,
-    }
-    if record.status_code >= 400:  # replaying a refusal is still a refusal
+    key, status, body, media = (
+        record.key,
+        record.status_code,
+        record.response_body,
+        record.content_type,
+    )
+    access.entry.details = {"replayed": True, "idempotency_key": key, "status": status}
+    if status >= 400:  # replaying a refusal is still a refusal
         access.entry.outcome = Outcome.FAILURE
+    # The lookup may have run in the read-only authorization snapshot: write afresh.
+    audit.end_read(session)
     session.commit()
     return Response(
-        record.response_body,
-        status_code=record.status_code,
-        media_type=record.content_type,
-        headers={"Idempotent-Replayed": "true"},
+        body, status_code=status, media_type=media, headers={"Idempotent-Replayed": "true"}
     )
 
 
@@ -235,6 +250,7 @@ def ingest_observations(
             audience=Audience.DEVICE,
             patient_from=_device_patient,
             audit_as="observation.ingest",
+            read_first=True,
         ),
     ],
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
@@ -252,18 +268,35 @@ def ingest_observations(
         "payload_sha256": pipeline.sha256_hex(body),  # as on the batch and each reading
         "bytes": len(body),
     }
-    # Parsing is the costly part and needs no database: hold no transaction meanwhile (on
-    # SQLite that would be the single writer slot). The device is read again below.
+    loaded = session.get(Device, access.principal.id)
+    if loaded is None:
+        raise ProblemError(401, "device_key_invalid", "unknown or revoked device key")
+    facts = pipeline.DeviceFacts.of(loaded)
+    limits = pipeline.Limits(
+        max_future=timedelta(minutes=settings.ingest_max_future_minutes),
+        max_age=None
+        if settings.ingest_max_age_days is None
+        else timedelta(days=settings.ingest_max_age_days),
+    )
+    postgres = session.get_bind().dialect.name == "postgresql"
+    # Parsing and building rows are the costly part and need no database: hold no
+    # transaction meanwhile (on SQLite that would be the single writer slot).
     audit.end_read(session)
     refusal: EntryInvalid | None = None
+    rejected: pipeline.TransactionRejected | None = None
+    prepared: pipeline.Prepared | None = None
     status = 422
     try:
         with _PARSE_GATE:
             parsed = _parse(content_type, body, settings.ingest_max_entries)
+            prepared = _prepare(parsed, facts, limits, postgres)
     except EntryInvalid as exc:
         refusal, status = exc, 400 if exc.code == "invalid_json" else 422
     except ProblemError as exc:  # 413 too many entries, 415 unsupported type: kept too
         refusal, status = EntryInvalid(exc.code, exc.detail), exc.status
+    except pipeline.TransactionRejected as exc:
+        rejected = exc
+    # The write transaction: the device is read again, as it stands now.
     device = session.get(Device, access.principal.id)
     if device is None or device.revoked_at is not None:
         raise ProblemError(401, "device_key_invalid", "unknown or revoked device key")
@@ -271,6 +304,14 @@ def ingest_observations(
         return _refuse_whole(
             session, access, device, body, refusal, status, idempotency_key, request_sha
         )
+    if rejected is not None:
+        return _refuse_entries(
+            session, access, device, body, parsed, rejected.outcomes, idempotency_key, request_sha
+        )
+    assert prepared is not None
+    if pipeline.DeviceFacts.of(device) != prepared.device:
+        # Recalibrated or re-assigned while we parsed (rare): build the rows again.
+        prepared = _prepare(parsed, pipeline.DeviceFacts.of(device), limits, postgres)
     if idempotency_key is not None:
         try:
             pipeline.claim_idempotency(
@@ -283,31 +324,15 @@ def ingest_observations(
             assert found is not None
             audit.requeue(session, access.entry)
             return _idempotent_answer(found, request_sha, access, session)
-    limits = pipeline.Limits(
-        max_future=timedelta(minutes=settings.ingest_max_future_minutes),
-        max_age=None
-        if settings.ingest_max_age_days is None
-        else timedelta(days=settings.ingest_max_age_days),
+    result = pipeline.store(
+        session,
+        prepared=prepared,
+        bundle_type=parsed.bundle_type,
+        body=body,
+        content_type=content_type,
+        idempotency_key=idempotency_key,
+        request_id=current_request_id(),
     )
-    try:
-        result = pipeline.store(
-            session,
-            device=device,
-            items=parsed.items,
-            raw_entries=parsed.raw,
-            source_format=parsed.format,
-            bundle_type=parsed.bundle_type,
-            atomic=parsed.atomic,
-            body=body,
-            content_type=content_type,
-            limits=limits,
-            idempotency_key=idempotency_key,
-            request_id=current_request_id(),
-        )
-    except pipeline.TransactionRejected as exc:
-        return _refuse_entries(
-            session, access, device, body, parsed, exc.outcomes, idempotency_key, request_sha
-        )
     if parsed.bundle_type in {"transaction", "batch", "collection"}:
         payload, media, status = _bundle_response(result, parsed.bundle_type), FHIR_JSON, 200
     else:

@@ -20,6 +20,7 @@ from app.auth.principal import AuthMethod, Principal, PrincipalKind
 from app.auth.security import TokenInvalid, decode_access_token, parse_device_key
 from app.core.config import Settings
 from app.core.errors import STATUS_CODES, ProblemError
+from app.db import READONLY_OPTION
 from audit import service as audit
 from audit.models import Outcome
 from device_ingest import service as devices
@@ -314,6 +315,7 @@ def require(
     listing: bool = False,
     audit_as: str | None = None,
     patient_from: PatientResolver | None = None,
+    read_first: bool = False,
 ) -> Any:
     """The authorization dependency every route declares: authenticate, enforce, audit.
 
@@ -326,11 +328,18 @@ def require(
     On success the act's audit entry is queued on the request's session; the route may
     enrich it and must commit. On denial the denial is audited and the request ends with
     401, 403 or 404.
+
+    With `read_first` the checks run in a read-only transaction (on SQLite a snapshot that
+    does not take the single writer slot); the route must end it with `audit.end_read`
+    before it writes. For hot routes that do long work between checking and writing.
     """
 
     def dependency(
         request: Request, session: SessionDep, settings: SettingsDep, csrf_form: CsrfFormDep
     ) -> Access:
+        if read_first:
+            # Applies to this first transaction only; the next one is a writer again.
+            session.connection(execution_options={READONLY_OPTION: True})
         principal = authenticate(request, session, settings, audience, csrf_form)
         patient_id = request.path_params.get(patient_param) if patient_param else None
         if patient_from is not None:

@@ -1,6 +1,7 @@
 """The accept-only fast path never changes an outcome.
 
-For every document: `fast_accepts(d)` ⇒ `Observation.model_validate(d)` succeeds, and
+For every document: `fast_accepts(d)` ⇒ `Observation.model_validate(d)` succeeds, so does
+a document the one-pass route (`_fused_observation`) parses, and
 `parse_resource(d, fast=True)` gives exactly what `parse_resource(d, fast=False)` gives
 (the same reading, or the same error code, path and message). Checked on the HL7
 conformance example and every mutation of it we build, and on generated device
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from device_ingest.fastpath import fast_accepts
-from device_ingest.fhir import parse_resource
+from device_ingest.fhir import _fused_observation, parse_resource
 from device_ingest.formats import EntryInvalid
 
 CONFORMANCE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
@@ -64,6 +65,8 @@ def check_same(doc: object) -> bool:
     accepted = fast_accepts(doc)
     if accepted:
         assert fhir_resources_accepts(doc), f"fast path accepted what R4B refuses: {doc!r}"
+    if isinstance(doc, dict) and _fused_observation(doc) is not None:
+        assert fhir_resources_accepts(doc), f"one-pass route took what R4B refuses: {doc!r}"
     assert outcome(doc, fast=True) == outcome(doc, fast=False), doc
     assert doc == before or _has_nan(doc), "parsing changed its input"
     return accepted

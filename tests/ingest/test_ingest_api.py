@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,9 @@ from sqlalchemy.orm import Session
 
 from app.db import session_factory
 from audit.models import AuditEntry
+from device_ingest import pipeline, views
 from device_ingest.models import (
+    Device,
     DeviceClass,
     EvaluationRequest,
     IngestRejection,
@@ -334,6 +339,77 @@ def test_calibration_when_set_is_applied_and_recorded(
     assert (row.systolic, row.diastolic) == (126.0, 82.0)
     assert (row.calibration_systolic, row.calibration_diastolic) == (-4.0, 2.0)
     assert row.firmware_version == "2.1"
+
+
+def test_calibration_when_changed_during_parsing_applies_the_new_offsets(
+    device: DeviceClient, engine: Engine, db: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_parse = views._parse
+
+    def parse_then_recalibrate(*args: Any) -> Any:
+        parsed = real_parse(*args)
+        # A clinician recalibrates while the request is parsed (no transaction is held).
+        with session_factory(engine)() as s:
+            row = s.get(Device, device.device_id)
+            assert row is not None
+            row.calibration_systolic = 5.0
+            s.commit()
+        return parsed
+
+    monkeypatch.setattr(views, "_parse", parse_then_recalibrate)
+    device.post(bp(130, 80))
+    row = _readings(db)[0]
+    assert (row.systolic, row.calibration_systolic) == (135.0, 5.0)
+
+
+def test_ingest_when_authorizing_leaves_the_sqlite_writer_slot_free(
+    device: DeviceClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the writer slot is SQLite's")
+    lock_path = f"{engine.url.database}-writer.lock"
+    held_while_authorizing: list[bool] = []
+    real_find = pipeline.find_idempotent
+
+    def find_and_probe(session: Session, **kwargs: Any) -> Any:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            held_while_authorizing.append(False)
+        except BlockingIOError:
+            held_while_authorizing.append(True)
+        finally:
+            os.close(fd)
+        return real_find(session, **kwargs)
+
+    monkeypatch.setattr(pipeline, "find_idempotent", find_and_probe)
+    assert device.post(bp(), key="k-1").status_code == 201
+    # The idempotency lookup runs in the authorization snapshot; later lookups write.
+    assert held_while_authorizing[0] is False
+
+
+def test_natural_key_when_computed_matches_the_stored_formula(
+    device: DeviceClient, db: Session
+) -> None:
+    # Stored keys must never change meaning: a resend after an upgrade is still a duplicate.
+    when = "2025-03-01T08:00:00Z"
+    device.post(bp(130.5, 80, when))
+    row = _readings(db)[0]
+    text = "|".join(
+        [
+            device.device_id,
+            "blood_pressure",
+            "85354-9",
+            when,
+            "2025-03-01T08:00:00+00:00",
+            "130.5",
+            "80.0",
+            "None",
+            "None",
+        ]
+    )
+    assert row.natural_key == hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_accepted_batch_when_stored_is_handed_to_the_loop(
