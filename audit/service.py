@@ -11,7 +11,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import event, select, text
+from sqlalchemy import event, insert, select, text
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -107,59 +107,71 @@ event.listen(Session, "before_commit", _flush_pending)
 event.listen(Session, "after_rollback", _drop_pending)
 
 
-def append(session: Session, entries: list[PendingEntry]) -> list[AuditEntry]:
-    """Write entries with the next gap-free sequence numbers, hash-linked to the last one."""
+_AUDIT_TABLE = AuditEntry.__table__  # type: ignore[attr-defined]
+# Core statements built once: the append runs on every commit, on the hot path.
+_LAST_ENTRY = (
+    select(_AUDIT_TABLE.c.seq, _AUDIT_TABLE.c.leaf_hash)
+    .order_by(_AUDIT_TABLE.c.seq.desc())
+    .limit(1)
+)
+_INSERT_ENTRY = insert(_AUDIT_TABLE)
+
+
+def append(session: Session, entries: list[PendingEntry]) -> list[dict[str, Any]]:
+    """Write entries with the next gap-free sequence numbers, hash-linked to the last one.
+
+    Returns the stored rows' values (a Core insert: no ORM objects on the commit path).
+    """
     if session.get_bind().dialect.name == "postgresql":
         # Serialises appenders until commit, so sequence numbers stay gap-free and in commit
         # order. An advisory lock needs no table privilege: the app's role keeps only
         # SELECT and INSERT on the audit tables (LOCK TABLE would need UPDATE).
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
     # SQLite transactions start with BEGIN IMMEDIATE (app.db), so writers are already serial.
-    last = session.execute(
-        select(col(AuditEntry.seq), col(AuditEntry.leaf_hash))
-        .order_by(col(AuditEntry.seq).desc())
-        .limit(1)
-    ).first()
+    last = session.execute(_LAST_ENTRY).first()
     seq, prev = (int(last[0]), str(last[1])) if last else (0, "")
     now = clock.utcnow()
-    rows = []
+    ts = clock.iso(now)
+    rows: list[dict[str, Any]] = []
     for item in entries:
         seq += 1
+        details = canonical_json(item.details)
+        outcome = str(item.outcome)
         fields = {
             "seq": seq,
-            "ts": clock.iso(now),
+            "ts": ts,
             "actor": item.actor,
             "actor_role": item.actor_role,
             "action": item.action,
             "resource_type": item.resource_type,
             "resource_id": item.resource_id,
             "patient_id": item.patient_id,
-            "outcome": str(item.outcome),
+            "outcome": outcome,
             "request_id": item.request_id,
-            "details": json.loads(canonical_json(item.details)),
+            "details": json.loads(details),
             "prev_leaf_hash": prev,
         }
         leaf = entry_leaf_hash(fields).hex()
-        row = AuditEntry(
-            seq=seq,
-            ts=now,
-            actor=item.actor,
-            actor_role=item.actor_role,
-            action=item.action,
-            resource_type=item.resource_type,
-            resource_id=item.resource_id,
-            patient_id=item.patient_id,
-            outcome=str(item.outcome),
-            request_id=item.request_id,
-            details=canonical_json(item.details).decode("utf-8"),
-            prev_leaf_hash=prev,
-            leaf_hash=leaf,
+        rows.append(
+            {
+                "seq": seq,
+                "ts": now,
+                "actor": item.actor,
+                "actor_role": item.actor_role,
+                "action": item.action,
+                "resource_type": item.resource_type,
+                "resource_id": item.resource_id,
+                "patient_id": item.patient_id,
+                "outcome": outcome,
+                "request_id": item.request_id,
+                "details": details.decode("utf-8"),
+                "prev_leaf_hash": prev,
+                "leaf_hash": leaf,
+            }
         )
-        session.add(row)
-        rows.append(row)
         item.written = True
         prev = leaf
-    session.flush()
+    session.execute(_INSERT_ENTRY, rows)
     return rows
 
 

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.core import clock
@@ -27,6 +28,7 @@ from device_ingest.models import (
     IngestBatch,
     IngestRejection,
     MedicationEvent,
+    OutboxStatus,
     Reading,
     ReadingStatus,
 )
@@ -57,11 +59,23 @@ class EntryOutcome:
     http_status: int = 201
 
 
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """The stored ingest_batches row's id and counts."""
+
+    id: int
+    entries: int
+    accepted: int
+    quarantined: int
+    duplicates: int
+    rejected: int
+
+
 @dataclass
 class IngestResult:
-    """A request's outcome: the batch row and one outcome per entry, in order."""
+    """A request's outcome: the batch row's figures and one outcome per entry, in order."""
 
-    batch: IngestBatch
+    batch: BatchSummary
     outcomes: list[EntryOutcome]
 
 
@@ -144,6 +158,18 @@ class DeviceFacts:
         )
 
 
+_DEVICE_TABLE = Device.__table__  # type: ignore[attr-defined]
+_CURRENT_DEVICE = select(
+    *(_DEVICE_TABLE.c[name] for name in DeviceFacts.__slots__),
+).where(_DEVICE_TABLE.c.id == bindparam("device_id"), _DEVICE_TABLE.c.revoked_at.is_(None))
+
+
+def current_device(session: Session, *, device_id: str) -> DeviceFacts | None:
+    """The device's facts as they stand in this transaction; None if unknown or revoked."""
+    row = session.execute(_CURRENT_DEVICE, {"device_id": device_id}).first()
+    return None if row is None else DeviceFacts(*row)
+
+
 @dataclass
 class Prepared:
     """A request's rows built and its entries judged, before any database work."""
@@ -217,27 +243,33 @@ def store(
     Never commits.
     """
     device, now, outcomes = prepared.device, prepared.now, prepared.outcomes
-    batch = IngestBatch(
-        device_id=device.id,
-        patient_id=device.patient_id,
-        received_at=now,
-        content_type=content_type[:100],
-        source_format=str(prepared.source_format),
-        bundle_type=bundle_type,
-        body_sha256=sha256_hex(body),
-        body_bytes=len(body),
-        entries=prepared.entries,
-        idempotency_key=idempotency_key,
-        request_id=request_id,
+    body_sha256 = sha256_hex(body)
+    counts = _counts(outcomes)  # final unless some rows turn out to be stored already
+    # Core statements, not ORM objects: this runs once per request on the hot path.
+    batch_id = int(
+        session.execute(
+            _INSERT_BATCH,
+            {
+                "device_id": device.id,
+                "patient_id": device.patient_id,
+                "received_at": now,
+                "content_type": content_type[:100],
+                "source_format": str(prepared.source_format),
+                "bundle_type": bundle_type,
+                "body_sha256": body_sha256,
+                "body_bytes": len(body),
+                "entries": prepared.entries,
+                "idempotency_key": idempotency_key,
+                "request_id": request_id,
+                **counts,
+            },
+        ).scalar_one()
     )
-    session.add(batch)
-    session.flush()
-    assert batch.id is not None
     # Provenance: every row keeps the hash of the raw payload it arrived in (with batch_id).
     for rows in (prepared.reading_rows, prepared.event_rows):
         for row in rows.values():
-            row[_BATCH_ID] = batch.id
-            row[_PAYLOAD_HASH] = batch.body_sha256
+            row[_BATCH_ID] = batch_id
+            row[_PAYLOAD_HASH] = body_sha256
     for outcome, raw in prepared.rejected:
         session.add(_rejection(device, now, request_id, outcome, raw))
     stored: dict[str, int] = {}
@@ -246,7 +278,7 @@ def store(
         (MedicationEvent.__table__, EVENT_COLUMNS, prepared.event_rows),  # type: ignore[attr-defined]
     ):
         stored.update(
-            bulk.insert_new(session, table, columns, list(table_rows.values()), batch_id=batch.id)
+            bulk.insert_new(session, table, columns, list(table_rows.values()), batch_id=batch_id)
         )
     for outcome, key in prepared.keyed:
         if outcome.status is EntryStatus.DUPLICATE:
@@ -255,26 +287,51 @@ def store(
             outcome.id = stored[key]
         else:  # stored by an earlier request: a resend
             outcome.status, outcome.http_status, outcome.reasons = EntryStatus.DUPLICATE, 200, []
-    counts = {s: sum(1 for o in outcomes if o.status is s) for s in EntryStatus}
-    batch.accepted = counts[EntryStatus.ACCEPTED]
-    batch.quarantined = counts[EntryStatus.QUARANTINED]
-    batch.duplicates = counts[EntryStatus.DUPLICATE]
-    batch.rejected = counts[EntryStatus.REJECTED]
-    session.add(batch)
-    if batch.accepted:
+    final = _counts(outcomes)
+    if final != counts:
+        session.execute(_UPDATE_COUNTS, {"batch": batch_id, **final})
+    if final["accepted"]:
         # The hand-off to the patient-AI loop commits with the readings: a restart between
         # accept and evaluation loses nothing, and the device never waits for the model.
-        session.add(
-            EvaluationRequest(
-                patient_id=device.patient_id,
-                batch_id=batch.id,
-                reason="new_readings",
-                created_at=now,
-                available_at=now,
-            )
+        session.execute(
+            _INSERT_OUTBOX,
+            {
+                "patient_id": device.patient_id,
+                "batch_id": batch_id,
+                "reason": "new_readings",
+                "status": str(OutboxStatus.PENDING),
+                "created_at": now,
+                "available_at": now,
+                "attempts": 0,
+            },
         )
-    session.flush()
-    return IngestResult(batch, outcomes)
+    return IngestResult(BatchSummary(batch_id, prepared.entries, **final), outcomes)
+
+
+def _counts(outcomes: list[EntryOutcome]) -> dict[str, int]:
+    tally = dict.fromkeys(EntryStatus, 0)
+    for o in outcomes:
+        tally[o.status] += 1
+    return {
+        "accepted": tally[EntryStatus.ACCEPTED],
+        "quarantined": tally[EntryStatus.QUARANTINED],
+        "duplicates": tally[EntryStatus.DUPLICATE],
+        "rejected": tally[EntryStatus.REJECTED],
+    }
+
+
+_BATCH_TABLE = IngestBatch.__table__  # type: ignore[attr-defined]
+_OUTBOX_TABLE = EvaluationRequest.__table__  # type: ignore[attr-defined]
+# Built once: statements made per request cost more than the inserts themselves.
+_INSERT_BATCH = insert(_BATCH_TABLE).returning(_BATCH_TABLE.c.id)
+_UPDATE_COUNTS = (
+    update(_BATCH_TABLE)
+    .where(_BATCH_TABLE.c.id == bindparam("batch"))
+    .values(
+        {name: bindparam(name) for name in ("accepted", "quarantined", "duplicates", "rejected")}
+    )
+)
+_INSERT_OUTBOX = insert(_OUTBOX_TABLE)
 
 
 # Columns every row of one request shares, then each row's own, in insert order.
@@ -436,7 +493,7 @@ def _rejection(
 def record_refusal(
     session: Session,
     *,
-    device: Device,
+    device: DeviceFacts,
     outcomes: list[EntryOutcome],
     raw_entries: list[object],
     body: bytes,
@@ -464,11 +521,7 @@ def record_refusal(
     count = 0
     for outcome in outcomes:
         if outcome.status is EntryStatus.REJECTED:
-            session.add(
-                _rejection(
-                    DeviceFacts.of(device), now, request_id, outcome, raw_entries[outcome.index]
-                )
-            )
+            session.add(_rejection(device, now, request_id, outcome, raw_entries[outcome.index]))
             count += 1
     return count
 

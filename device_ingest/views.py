@@ -268,10 +268,9 @@ def ingest_observations(
         "payload_sha256": pipeline.sha256_hex(body),  # as on the batch and each reading
         "bytes": len(body),
     }
-    loaded = session.get(Device, access.principal.id)
-    if loaded is None:
+    facts = pipeline.current_device(session, device_id=access.principal.id)
+    if facts is None:
         raise ProblemError(401, "device_key_invalid", "unknown or revoked device key")
-    facts = pipeline.DeviceFacts.of(loaded)
     limits = pipeline.Limits(
         max_future=timedelta(minutes=settings.ingest_max_future_minutes),
         max_age=None
@@ -297,8 +296,8 @@ def ingest_observations(
     except pipeline.TransactionRejected as exc:
         rejected = exc
     # The write transaction: the device is read again, as it stands now.
-    device = session.get(Device, access.principal.id)
-    if device is None or device.revoked_at is not None:
+    device = pipeline.current_device(session, device_id=access.principal.id)
+    if device is None:
         raise ProblemError(401, "device_key_invalid", "unknown or revoked device key")
     if refusal is not None:
         return _refuse_whole(
@@ -309,9 +308,9 @@ def ingest_observations(
             session, access, device, body, parsed, rejected.outcomes, idempotency_key, request_sha
         )
     assert prepared is not None
-    if pipeline.DeviceFacts.of(device) != prepared.device:
+    if device != prepared.device:
         # Recalibrated or re-assigned while we parsed (rare): build the rows again.
-        prepared = _prepare(parsed, pipeline.DeviceFacts.of(device), limits, postgres)
+        prepared = _prepare(parsed, device, limits, postgres)
     if idempotency_key is not None:
         try:
             pipeline.claim_idempotency(
@@ -390,7 +389,7 @@ def _save_idempotent(
 def _refuse_whole(
     session: Session,
     access: Access,
-    device: Device,
+    device: pipeline.DeviceFacts,
     body: bytes,
     exc: EntryInvalid,
     status: int,
@@ -416,7 +415,7 @@ def _refuse_whole(
 def _refuse_entries(
     session: Session,
     access: Access,
-    device: Device,
+    device: pipeline.DeviceFacts,
     body: bytes,
     parsed: _Parsed,
     outcomes: list[pipeline.EntryOutcome],
@@ -452,7 +451,7 @@ def _refuse_entries(
 def _refusal(
     session: Session,
     access: Access,
-    device: Device,
+    device: pipeline.DeviceFacts,
     body: bytes,
     status: int,
     code: str,
