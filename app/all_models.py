@@ -9,7 +9,8 @@ import device_ingest.models
 import loops.models
 import mlops.models
 import policies.models
+import validation.models
 
 metadata = SQLModel.metadata
 
-__all__ = ["app", "audit", "device_ingest", "loops", "metadata", "mlops", "policies"]
+__all__ = ["app", "audit", "device_ingest", "loops", "metadata", "mlops", "policies", "validation"]
