@@ -46,6 +46,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.session_factory,
             interval=settings.loop_worker_seconds,
             debounce=timedelta(seconds=settings.loop_debounce_seconds),
+            daily_hour=settings.daily_evaluation_hour_utc,
+            daily_lease=timedelta(minutes=settings.daily_run_lease_minutes),
         )
         worker.start()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,10 +15,12 @@ from app.core import clock
 from audit import service as audit
 from loops import service
 from loops.alerts import CRISIS_LOOKBACK, AlertType
-from loops.dispatch import drain
+from loops.dispatch import DrainReport, drain, evaluate_all
 from loops.flows import evaluate
 from loops.models import Alert, AlertStatus, PatientNotice
 from mlops import serving
+from validation import service as jobs
+from validation.models import JobStatus
 
 log = logging.getLogger("clinaiops.loop")
 
@@ -61,20 +64,78 @@ def recheck_remeasures(factory: sessionmaker[Session], *, now: datetime) -> list
     return checked
 
 
+DAILY_JOB = "daily_evaluation"
+# How often a worker that found the day's run taken looks again (for a lapsed lease).
+DAILY_RECHECK = timedelta(minutes=5)
+
+
+def run_daily_if_due(
+    factory: sessionmaker[Session],
+    *,
+    now: datetime,
+    hour: int,
+    lease: timedelta,
+    holder: str,
+) -> DrainReport | None:
+    """The daily evaluation of every patient, once per UTC day from `hour` on, by whichever
+    replica claims the day's job lease; None when it is not due or another replica has it."""
+    if now.hour < hour:
+        return None
+    with factory() as session:
+        run = jobs.claim(
+            session,
+            job=DAILY_JOB,
+            period=now.date().isoformat(),
+            holder=holder,
+            now=now,
+            lease=lease,
+        )
+    if run is None:
+        return None
+    status = JobStatus.FAILED
+    details: dict[str, Any] = {}
+    report = None
+    try:
+        report = evaluate_all(factory, now=now, predictor=serving.production)
+        status = JobStatus.FAILED if report.failed and not report.evaluated else JobStatus.SUCCEEDED
+        details = {"evaluated": len(report.evaluated), "failed": len(report.failed)}
+    except Exception as exc:
+        details = {"error": type(exc).__name__}
+        raise
+    finally:
+        with factory() as session:
+            jobs.finish(
+                session, run=session.merge(run), status=status, now=clock.utcnow(), details=details
+            )
+            session.commit()
+    return report
+
+
 class LoopWorker:
-    """A daemon thread that evaluates patients with new readings every `interval` seconds.
+    """A daemon thread that evaluates patients with new readings every `interval` seconds,
+    and everyone once a day from `daily_hour` (UTC).
 
     Several server processes may each run one: on PostgreSQL the outbox rows are claimed
-    with SKIP LOCKED, so each hand-off is evaluated once. (Daily runs and other scheduled jobs
-    belong to the scheduler, which runs them under a database lease.)
+    with SKIP LOCKED, so each hand-off is evaluated once; the daily run is claimed through a
+    job lease in the database, so one replica runs it.
     """
 
     def __init__(
-        self, factory: sessionmaker[Session], *, interval: float, debounce: timedelta
+        self,
+        factory: sessionmaker[Session],
+        *,
+        interval: float,
+        debounce: timedelta,
+        daily_hour: int | None = None,
+        daily_lease: timedelta = timedelta(hours=2),
     ) -> None:
         self.factory = factory
         self.interval = interval
         self.debounce = debounce
+        self.daily_hour = daily_hour
+        self.daily_lease = daily_lease
+        self.holder = jobs.holder_name()
+        self._next_daily_check: datetime | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clinaiops-loop", daemon=True)
 
@@ -117,6 +178,22 @@ class LoopWorker:
                 len(report.evaluated),
                 len(report.failed),
                 len(escalated),
+            )
+        self.daily(now)
+
+    def daily(self, now: datetime) -> None:
+        """Run the daily evaluation if it is due and no other replica has it."""
+        if self.daily_hour is None:
+            return
+        if self._next_daily_check is not None and now < self._next_daily_check:
+            return
+        self._next_daily_check = now + DAILY_RECHECK
+        report = run_daily_if_due(
+            self.factory, now=now, hour=self.daily_hour, lease=self.daily_lease, holder=self.holder
+        )
+        if report is not None:
+            log.info(
+                "daily run: %d evaluated, %d failed", len(report.evaluated), len(report.failed)
             )
 
     def _run(self) -> None:

@@ -127,6 +127,7 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
         argon2_memory_kib=1024,
         cookie_secure=False,
         loop_worker_seconds=0,  # tests drive the loop themselves
+        daily_evaluation_hour_utc=None,
     )
 
 

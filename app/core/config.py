@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     # long a patient's readings may keep arriving before one evaluation covers the burst.
     loop_worker_seconds: Annotated[float, Field(ge=0, le=3600)] = 5.0
     loop_debounce_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    # The daily evaluation of every patient: from this UTC hour on, once a day, by one
+    # replica (a job lease in the database); None turns it off (run `clinaiops loop run
+    # --daily` from cron instead). The lease lapses after `daily_run_lease_minutes`.
+    daily_evaluation_hour_utc: Annotated[int | None, Field(ge=0, le=23)] = 6
+    daily_run_lease_minutes: Annotated[int, Field(ge=1, le=1440)] = 120
     # Device ingestion: a request holds at most this many readings (413 beyond).
     ingest_max_entries: Annotated[int, Field(ge=1, le=50_000)] = 5000
     # A reading dated further ahead than this is quarantined as implausible.

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
+from app.core import clock
 from app.core.config import Settings
 from app.db import session_factory
 from app.main import create_app
 from loops.models import Evaluation, MedicationRegimen
+from loops.worker import run_daily_if_due
 from tests.conftest import World
 from tests.ingest.conftest import FHIR, at, bp, bundle
 
@@ -52,3 +55,37 @@ def test_worker_when_readings_arrive_evaluates_the_patient(
                     or 0
                 )
     assert count == 1
+
+
+def test_daily_run_when_due_evaluates_everyone_once_per_day(
+    engine: Engine,
+    patient: tuple[str, MedicationRegimen],
+    readings: Callable[..., None],
+    count_audit: Callable[..., int],
+) -> None:
+    pid, _ = patient
+    readings(150, 95, days=7, per_day=2)
+    factory = session_factory(engine)
+    now = clock.utcnow().replace(hour=7, minute=0)
+    report = run_daily_if_due(factory, now=now, hour=6, lease=timedelta(hours=2), holder="a")
+    assert report is not None
+    assert report.evaluated == [pid]
+    # Another replica (or the same one later that day) finds the day's run done.
+    assert run_daily_if_due(factory, now=now, hour=6, lease=timedelta(hours=2), holder="b") is None
+    assert count_audit(action="job.start") == 1
+    assert count_audit(action="job.finish") == 1
+    with session_factory(engine)() as s:
+        evaluations = s.scalar(
+            select(func.count()).select_from(Evaluation).where(Evaluation.patient_id == pid)
+        )
+    assert evaluations == 1
+
+
+def test_daily_run_when_before_its_hour_does_nothing(
+    engine: Engine, patient: tuple[str, MedicationRegimen]
+) -> None:
+    now = clock.utcnow().replace(hour=5, minute=59)
+    factory = session_factory(engine)
+    assert run_daily_if_due(factory, now=now, hour=6, lease=timedelta(hours=2), holder="a") is None
+    with session_factory(engine)() as s:
+        assert s.scalar(select(func.count()).select_from(Evaluation)) == 0
