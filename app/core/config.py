@@ -28,7 +28,11 @@ class Environment(StrEnum):
 class Settings(BaseSettings):
     """Every tunable of the service; invalid combinations refuse to load."""
 
-    model_config = SettingsConfigDict(env_prefix="CLINAIOPS_", env_file=None, extra="ignore")
+    # "none" in an environment variable stands for an unset optional value (e.g. =none turns
+    # the daily evaluation off).
+    model_config = SettingsConfigDict(
+        env_prefix="CLINAIOPS_", env_file=None, extra="ignore", env_parse_none_str="none"
+    )
 
     environment: Environment = Environment.PRODUCTION
     data_dir: Path = Path("var")
