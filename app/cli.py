@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import getpass
 import json
 import sys
@@ -578,6 +579,10 @@ def loop_run(
     from loops.dispatch import drain, evaluate_all
     from mlops import serving
 
+    if daily:
+        # Each chunk of the daily run builds tens of thousands of objects (readings, features):
+        # collect as rarely as a server process does (see app/main.py).
+        gc.set_threshold(_settings().gc_gen0_threshold, 20, 20)
     factory = session_factory(get_engine())
     now = clock.utcnow()
     report = (

@@ -32,7 +32,7 @@ from device_ingest.simulator import (
     to_fhir_observation,
 )
 from loops import service as loops
-from loops.dispatch import drain
+from loops.dispatch import CHUNK, drain
 from loops.models import MedicationRegimen, RegimenStatus, TitrationLadder
 from mlops import serving
 from policies.envelope import default_rules
@@ -283,6 +283,7 @@ def run(
                     predictor=serving.production,
                     debounce=timedelta(0),
                     limit=10_000,
+                    chunk=CHUNK,  # the day's evaluations in batches, as the daily run does
                 )
                 report.evaluations += len(done.evaluated)
             if progress is not None:

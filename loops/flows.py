@@ -1,18 +1,37 @@
-"""One evaluation of the patient-AI loop, across domains: readings → features → model →
-envelope routing → proposal, alerts and notices, all in the caller's transaction."""
+"""Evaluations of the patient-AI loop, across domains: readings → features → model →
+envelope routing → proposal, alerts and notices, all in the caller's transaction.
+
+`evaluate_many` evaluates a chunk of patients with batched work: one query per kind of fact
+for the whole chunk, one model call, one batched SHAP pass and one insert per table, while
+every decision stays per patient and pure (`compute_features`, the alert rules, `route`).
+`evaluate` is `evaluate_many` for one patient, so the path for new readings and the daily
+run are the same code.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import (
+    BindParameter,
+    CursorResult,
+    Executable,
+    String,
+    bindparam,
+    func,
+    select,
+    type_coerce,
+)
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from app.db import new_id
 from app.patients.models import Patient
 from audit import service as audit
 from device_ingest.models import MedicationEvent, Reading, ReadingStatus
@@ -38,6 +57,7 @@ from mlops.features import (
     ReadingPoint,
     RegimenFacts,
     compute_features,
+    feature_matrix,
 )
 from policies.envelope import EnvelopeRules, TitrationAction
 from policies.routing import Proposal as RoutingProposal
@@ -66,12 +86,20 @@ class Predictor(Protocol):
     label: str
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (decrease, hold, increase) for one feature row."""
+        """Class probabilities [n, 3] (decrease, hold, increase) for feature rows x [n, d].
 
-    def explain(
-        self, x: np.ndarray, action: TitrationAction, features: FeatureVector
-    ) -> Explanation:
-        """SHAP values for `action` and their plain-language rendering."""
+        A row's probabilities must not depend on the other rows, to the last bit: the daily
+        run scores patients in batches and must decide exactly as a single evaluation.
+        """
+
+    def explain_many(
+        self,
+        x: np.ndarray,
+        actions: Sequence[TitrationAction],
+        features: Sequence[FeatureVector],
+    ) -> list[Explanation]:
+        """For each row of x [n, d], SHAP values for its action and their plain-language
+        rendering (row-independent, like `predict_proba`)."""
 
 
 class Outcome(StrEnum):
@@ -97,39 +125,155 @@ class EvaluationResult:
     remeasure_pending: bool = False
 
 
-def _history(
-    session: Session, patient_id: str, now: datetime
-) -> tuple[
-    list[ReadingPoint],
-    list[DoseEvent],
-    list[rules.DoseEvent],
-    list[rules.CuffReading],
-    list[datetime],
-]:
-    since = now - HISTORY
-    rows = session.execute(
-        select(
-            col(Reading.effective_start),
-            col(Reading.effective_precision),
-            col(Reading.kind),
-            col(Reading.device_class),
-            col(Reading.systolic),
-            col(Reading.diastolic),
-            col(Reading.value),
-            col(Reading.statistic),
-            col(Reading.status),
-        ).where(
-            col(Reading.patient_id) == patient_id,
-            col(Reading.effective_start) >= since,
-            col(Reading.effective_start) <= now,
-        )
-    ).all()
-    points, cuff = [], []
-    for when, precision, kind, dclass, sbp, dbp, value, statistic, status in rows:
+@dataclass
+class _History:
+    """What one patient's evaluation reads of the last `HISTORY` (see `_histories`)."""
+
+    points: list[ReadingPoint] = field(default_factory=list)
+    doses: list[DoseEvent] = field(default_factory=list)
+    alert_doses: list[rules.DoseEvent] = field(default_factory=list)
+    cuff: list[rules.CuffReading] = field(default_factory=list)
+    symptoms: list[datetime] = field(default_factory=list)
+
+
+def _utc(value: datetime | str) -> datetime:
+    """A timestamp as the driver returns it, aware in UTC: what `app.db.UTCDateTime` gives,
+    in one step (naive UTC text on SQLite, an aware datetime on PostgreSQL). The history
+    queries read thousands per chunk, where the type's layered processing shows."""
+    if isinstance(value, str):  # naive UTC text, as UTCDateTime stores it
+        return datetime.fromisoformat(value + "+00:00")  # tzinfo UTC, faster than .replace()
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+# The evaluation's statements, built once with bound parameters: building a statement and
+# its cache key on every call costs more than running it, for a single evaluation above all.
+def _ids() -> BindParameter[Any]:
+    return bindparam("ids", expanding=True)
+
+
+# History rows are ordered by time within each patient (the index order), so every list is
+# built in the same order whichever patients share the query.
+_READINGS = (
+    select(
+        col(Reading.patient_id),
+        type_coerce(col(Reading.effective_start), String),  # raw: converted by _utc
+        col(Reading.effective_precision),
+        col(Reading.kind),
+        col(Reading.device_class),
+        col(Reading.systolic),
+        col(Reading.diastolic),
+        col(Reading.value),
+        col(Reading.statistic),
+        col(Reading.status),
+    )
+    .where(
+        col(Reading.patient_id).in_(_ids()),
+        col(Reading.effective_start) >= bindparam("since"),
+        col(Reading.effective_start) <= bindparam("now"),
+    )
+    .order_by(col(Reading.patient_id), col(Reading.effective_start), col(Reading.id))
+)
+_DOSES = (
+    select(
+        col(MedicationEvent.patient_id),
+        type_coerce(col(MedicationEvent.effective_start), String),
+        col(MedicationEvent.taken),
+    )
+    .where(
+        col(MedicationEvent.patient_id).in_(_ids()),
+        col(MedicationEvent.effective_start) >= bindparam("since"),
+        col(MedicationEvent.effective_start) <= bindparam("now"),
+    )
+    .order_by(
+        col(MedicationEvent.patient_id),
+        col(MedicationEvent.effective_start),
+        col(MedicationEvent.id),
+    )
+)
+_SYMPTOMS = (
+    select(
+        col(SymptomReport.patient_id), col(SymptomReport.reported_at), col(SymptomReport.symptoms)
+    )
+    .where(
+        col(SymptomReport.patient_id).in_(_ids()),
+        col(SymptomReport.reported_at) >= bindparam("since"),
+    )
+    .order_by(col(SymptomReport.patient_id), col(SymptomReport.reported_at), col(SymptomReport.id))
+)
+_PATIENTS = select(
+    col(Patient.id),
+    col(Patient.created_at),
+    col(Patient.sex),
+    col(Patient.has_diabetes),
+    col(Patient.has_ckd),
+    col(Patient.birth_date),
+).where(col(Patient.id).in_(_ids()))
+_REMEASURE_ASKED = select(col(PatientNotice.patient_id), col(PatientNotice.due_at)).where(
+    col(PatientNotice.patient_id).in_(_ids()),
+    col(PatientNotice.kind) == "remeasure_now",
+    col(PatientNotice.due_at).in_(bindparam("dues", expanding=True)),
+)
+_NUDGED = select(col(PatientNotice.patient_id)).where(
+    col(PatientNotice.patient_id).in_(_ids()),
+    col(PatientNotice.kind) == "measure",
+    col(PatientNotice.created_at) >= bindparam("since"),
+)
+_ACTIVE_REGIMENS = (
+    select(MedicationRegimen)
+    .where(
+        col(MedicationRegimen.patient_id).in_(_ids()),
+        col(MedicationRegimen.status) == RegimenStatus.ACTIVE,
+    )
+    .order_by(col(MedicationRegimen.started_at).desc(), col(MedicationRegimen.id))
+)
+_LADDERS = select(TitrationLadder).where(col(TitrationLadder.id).in_(_ids()))
+_AUTO_CHANGES = (
+    select(col(Proposal.patient_id), func.count())
+    .where(
+        col(Proposal.patient_id).in_(_ids()),
+        col(Proposal.status) == ProposalStatus.DELIVERED,
+        col(Proposal.action) != TitrationAction.HOLD,
+        col(Proposal.created_at) >= bindparam("since"),
+    )
+    .group_by(col(Proposal.patient_id))
+)
+_PENDING_REVIEW = select(Proposal).where(
+    col(Proposal.patient_id).in_(_ids()),
+    col(Proposal.status) == ProposalStatus.PENDING_REVIEW,
+)
+
+
+def _rows(session: Session, stmt: Executable, params: dict[str, Any]) -> CursorResult[Any]:
+    """Run a column query on the session's connection, in its transaction: no ORM layer per
+    row (thousands of history rows per chunk). Flushes first, as the session's own execute
+    would, so the query sees everything the session holds."""
+    if session.autoflush:
+        session.flush()  # returns at once when nothing is pending
+    return session.connection().execute(stmt, params)
+
+
+def _histories(session: Session, patient_ids: list[str], now: datetime) -> dict[str, _History]:
+    """Readings, dose events and symptom reports of every patient: one query each."""
+    found = {patient_id: _History() for patient_id in patient_ids}
+    window = {"ids": patient_ids, "since": now - HISTORY, "now": now}
+    for (
+        patient_id,
+        raw,
+        precision,
+        kind,
+        dclass,
+        sbp,
+        dbp,
+        value,
+        statistic,
+        status,
+    ) in _rows(session, _READINGS, window):
         if precision in {"year", "month", "day"}:
             continue  # no time of day: cannot sit in a local day or a morning/evening half
+        when = _utc(raw)
+        history = found[patient_id]
         quarantined = status != ReadingStatus.ACCEPTED
-        points.append(
+        history.points.append(
             ReadingPoint(
                 time=when,
                 kind=kind,
@@ -149,105 +293,77 @@ def _history(
             and sbp is not None
             and dbp is not None
         ):
-            cuff.append(rules.CuffReading(when, sbp, dbp))
-    events = session.execute(
-        select(col(MedicationEvent.effective_start), col(MedicationEvent.taken)).where(
-            col(MedicationEvent.patient_id) == patient_id,
-            col(MedicationEvent.effective_start) >= since,
-            col(MedicationEvent.effective_start) <= now,
+            history.cuff.append(rules.CuffReading(when, sbp, dbp))
+    for patient_id, raw, taken in _rows(session, _DOSES, window):
+        when, history = _utc(raw), found[patient_id]
+        history.doses.append(DoseEvent(time=when, taken=bool(taken)))
+        history.alert_doses.append(rules.DoseEvent(when, bool(taken)))
+    reports = _rows(session, _SYMPTOMS, {"ids": patient_ids, "since": now - timedelta(days=3)})
+    for patient_id, when, reported in reports:
+        # The protocol's low-BP rule counts hypotension symptoms only, not a cough or a note.
+        if set(reported or []) & HYPOTENSION_SYMPTOMS:
+            found[patient_id].symptoms.append(when)
+    return found
+
+
+@dataclass(frozen=True)
+class _Patient:
+    """The patient facts an evaluation uses."""
+
+    id: str
+    created_at: datetime
+    facts: PatientFacts
+
+
+def _patients(session: Session, patient_ids: list[str]) -> dict[str, _Patient]:
+    rows = _rows(session, _PATIENTS, {"ids": patient_ids})
+    return {
+        pid: _Patient(
+            pid,
+            created,
+            PatientFacts(sex=str(sex), diabetes=diabetes, ckd=ckd, birth_date=birth_date),
         )
-    ).all()
-    doses = [DoseEvent(time=t, taken=bool(k)) for t, k in events]
-    alert_doses = [rules.DoseEvent(t, bool(k)) for t, k in events]
-    # The protocol's low-BP rule counts hypotension symptoms only, not a cough or a note.
-    symptoms = [
-        when
-        for when, reported in session.execute(
-            select(col(SymptomReport.reported_at), col(SymptomReport.symptoms)).where(
-                col(SymptomReport.patient_id) == patient_id,
-                col(SymptomReport.reported_at) >= now - timedelta(days=3),
-            )
-        )
-        if set(reported or []) & HYPOTENSION_SYMPTOMS
-    ]
-    return points, doses, alert_doses, cuff, symptoms
+        for pid, created, sex, diabetes, ckd, birth_date in rows
+    }
 
 
-def _alerts(
-    session: Session,
-    patient: Patient,
-    cuff: list[rules.CuffReading],
-    doses: list[rules.DoseEvent],
-    symptoms: list[datetime],
-    now: datetime,
-    result: EvaluationResult,
-) -> None:
-    found, check = rules.findings(
-        patient.id,
-        readings=cuff,
-        doses=doses,
-        symptom_times=symptoms,
-        monitored_since=patient.created_at,
-        now=now,
-    )
-    result.alerts = service.raise_alerts(session, patient_id=patient.id, found=found, now=now)
-    service.resolve_cleared(session, patient_id=patient.id, still_found=found, now=now)
-    result.remeasure_pending = check.status is rules.CrisisStatus.REMEASURE
-    if check.status is rules.CrisisStatus.REMEASURE and check.trigger and check.due:
-        asked = session.scalars(
-            select(col(PatientNotice.id)).where(
-                col(PatientNotice.patient_id) == patient.id,
-                col(PatientNotice.kind) == "remeasure_now",
-                col(PatientNotice.due_at) == check.due,
-            )
-        ).first()
-        if asked is None:
-            t = check.trigger
-            result.notices.append(
-                service.notify(
-                    session,
-                    patient_id=patient.id,
-                    kind="remeasure_now",
-                    due_at=check.due,
-                    text=(
-                        f"Your reading of {t.systolic:.0f}/{t.diastolic:.0f} is very high. Sit "
-                        "quietly and measure again now. If it stays this high, or you have chest "
-                        "pain, shortness of breath, weakness or vision changes, call emergency "
-                        "services."
-                    ),
-                )
-            )
+@dataclass
+class _Case:
+    """One patient's evaluation while a batch works through it: what it decided, as rows."""
+
+    patient: _Patient
+    history: _History
+    # The patient's unresolved alerts, kept current as this evaluation raises and resolves.
+    unresolved: list[Alert]
+    evaluation: dict[str, Any]  # the `evaluations` row
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # new `alerts` rows
+    notices: list[dict[str, Any]] = field(default_factory=list)  # new `patient_notices` rows
+    proposal: dict[str, Any] | None = None  # the new `proposals` row
+    remeasure_pending: bool = False
 
 
-def _active_regimen(
-    session: Session, patient_id: str
-) -> tuple[MedicationRegimen, TitrationLadder] | None:
-    regimen = session.scalars(
-        select(MedicationRegimen)
-        .where(
-            col(MedicationRegimen.patient_id) == patient_id,
-            col(MedicationRegimen.status) == RegimenStatus.ACTIVE,
-        )
-        .order_by(col(MedicationRegimen.started_at).desc())
-    ).first()
-    if regimen is None:
-        return None
-    ladder = session.get(TitrationLadder, regimen.ladder_id)
-    return (regimen, ladder) if ladder is not None else None
+@dataclass(frozen=True)
+class _OnLadder:
+    """A case with an active regimen, and its features."""
+
+    case: _Case
+    regimen: MedicationRegimen
+    ladder: TitrationLadder
+    features: FeatureVector
+    feature_hash: str
 
 
-def auto_changes_30d(session: Session, *, patient_id: str, now: datetime) -> int:
-    """Dose changes delivered automatically in the last 30 days."""
-    return len(
-        session.scalars(
-            select(col(Proposal.id)).where(
-                col(Proposal.patient_id) == patient_id,
-                col(Proposal.status) == ProposalStatus.DELIVERED,
-                col(Proposal.action) != TitrationAction.HOLD,
-                col(Proposal.created_at) >= now - timedelta(days=30),
-            )
-        ).all()
-    )
+@dataclass(frozen=True)
+class _Scored:
+    """A case the model scored and routing decided on, waiting for its explanation."""
+
+    on: _OnLadder
+    row: int  # its row in the feature matrix
+    action: TitrationAction
+    probs: tuple[float, ...]
+    confidence: float
+    to_step: int
+    decision: RoutingDecision
 
 
 def evaluate(
@@ -260,69 +376,190 @@ def evaluate(
     tz: str = "UTC",
 ) -> EvaluationResult:
     """Evaluate one patient now; records everything, audits it, and never commits."""
-    patient = session.get(Patient, patient_id)
-    if patient is None:
-        raise LookupError("no such patient")
-    points, doses, alert_doses, cuff, symptoms = _history(session, patient_id, now)
-    evaluation = Evaluation(
-        patient_id=patient_id,
-        trigger=trigger,
-        as_of=now,
-        outcome=Outcome.NO_REGIMEN,
-        created_at=now,
-    )
-    result = EvaluationResult(evaluation)
-    _alerts(session, patient, cuff, alert_doses, symptoms, now, result)
-    found = _active_regimen(session, patient_id)
-    if found is not None:
-        _propose(session, patient, found, points, doses, now, predictor, tz, result)
-    session.add(evaluation)
-    session.flush()
-    audit.record(
-        session,
-        actor="system:loop",
-        actor_role="system",
-        action="loop.evaluate",
-        resource_type="evaluation",
-        resource_id=str(evaluation.id),
-        patient_id=patient_id,
-        details={
-            "trigger": trigger,
-            "outcome": evaluation.outcome,
-            "model_version": evaluation.model_version,
-            "feature_hash": evaluation.feature_hash,
-            "envelope_version": evaluation.envelope_version,
-            "route": evaluation.route,
-            "reasons": evaluation.reasons,
-            "proposal_id": evaluation.proposal_id,
-            "alerts_raised": [a.type for a in result.alerts],
-        },
+    (result,) = evaluate_many(
+        session, patient_ids=[patient_id], trigger=trigger, now=now, predictor=predictor, tz=tz
     )
     return result
 
 
-def _propose(
+def evaluate_many(
     session: Session,
-    patient: Patient,
-    found: tuple[MedicationRegimen, TitrationLadder],
-    points: list[ReadingPoint],
-    doses: list[DoseEvent],
+    *,
+    patient_ids: Sequence[str],
+    trigger: str,
     now: datetime,
     predictor: Predictor | None,
-    tz: str,
-    result: EvaluationResult,
-) -> None:
-    regimen, ladder = found
-    evaluation = result.evaluation
-    features = compute_features(
-        readings=points,
-        doses=doses,
-        patient=PatientFacts(
-            sex=str(patient.sex),
-            diabetes=patient.has_diabetes,
-            ckd=patient.has_ckd,
-            birth_date=patient.birth_date,
-        ),
+    tz: str = "UTC",
+) -> list[EvaluationResult]:
+    """Evaluate several patients now, with batched reads, model and writes; never commits.
+
+    Each result, and everything recorded for it (rows, notices, the regimen change, one
+    `loop.evaluate` audit entry per patient), is what `evaluate` would give that patient
+    evaluated alone at the same `now`: an evaluation reads and writes only its own patient's
+    rows, and every decision is the same per-patient code. Results are in `patient_ids`
+    order, and so are the rows and audit entries. A patient may appear once.
+    """
+    ids = list(patient_ids)
+    if len(set(ids)) != len(ids):
+        raise ValueError("a patient may appear only once in a batch")
+    if not ids:
+        return []
+    patients = _patients(session, ids)
+    if len(patients) != len(ids):
+        raise LookupError("no such patient")
+    histories = _histories(session, ids, now)
+    unresolved = service.open_alerts_of(session, ids)
+    cases = [
+        _Case(
+            patients[pid],
+            histories[pid],
+            unresolved[pid],
+            {
+                "patient_id": pid,
+                "trigger": trigger,
+                "as_of": now,
+                "model_version": None,
+                "feature_hash": None,
+                "envelope_version": None,
+                "outcome": Outcome.NO_REGIMEN,
+                "proposal_id": None,
+                "route": None,
+                "reasons": [],
+                "created_at": now,
+            },
+        )
+        for pid in ids
+    ]
+    _alerts(session, cases, now)
+    regimens = _active_regimens(session, ids)
+    to_score: list[_OnLadder] = []
+    to_nudge: list[_Case] = []
+    for case in cases:
+        found = regimens.get(case.patient.id)
+        if found is None:
+            continue  # only the alert rules ran
+        regimen, ladder = found
+        features = _features(case, regimen, ladder, now, tz)
+        on = _OnLadder(case, regimen, ladder, features, features.hash())
+        case.evaluation["feature_hash"] = on.feature_hash
+        if not features.sufficient:
+            case.evaluation["outcome"] = Outcome.INSUFFICIENT_DATA
+            to_nudge.append(case)
+        elif predictor is None:
+            case.evaluation["outcome"] = Outcome.MODEL_UNAVAILABLE
+        else:
+            to_score.append(on)
+    _nudge(session, to_nudge, now)
+    if predictor is not None and to_score:
+        _score(session, to_score, predictor, now)
+    results = _write(session, cases)
+    _audit(session, results, trigger)
+    return results
+
+
+def _alerts(session: Session, cases: list[_Case], now: datetime) -> None:
+    """The alert rules, for every case: raise, resolve, ask for a crisis re-measurement."""
+    remeasure: list[tuple[_Case, rules.CrisisCheck]] = []
+    for case in cases:
+        patient, history = case.patient, case.history
+        found, check = rules.findings(
+            patient.id,
+            readings=history.cuff,
+            doses=history.alert_doses,
+            symptom_times=history.symptoms,
+            monitored_since=patient.created_at,
+            now=now,
+        )
+        case.alerts = service.new_alert_rows(
+            patient_id=patient.id, found=found, unresolved=case.unresolved, now=now
+        )
+        if case.unresolved:
+            service.clear_alerts(case.unresolved, still_found=found, now=now)
+            case.unresolved = [a for a in case.unresolved if a.status != AlertStatus.RESOLVED]
+        case.remeasure_pending = check.status is rules.CrisisStatus.REMEASURE
+        if check.status is rules.CrisisStatus.REMEASURE and check.trigger and check.due:
+            remeasure.append((case, check))
+    if not remeasure:
+        return
+    asked = set(
+        _rows(
+            session,
+            _REMEASURE_ASKED,
+            {
+                "ids": [case.patient.id for case, _ in remeasure],
+                "dues": [check.due for _, check in remeasure],
+            },
+        ).tuples()
+    )
+    for case, check in remeasure:
+        t = check.trigger
+        if (case.patient.id, check.due) in asked or t is None:
+            continue  # asked once per re-measurement window
+        case.notices.append(
+            _notice(
+                case.patient.id,
+                "remeasure_now",
+                f"Your reading of {t.systolic:.0f}/{t.diastolic:.0f} is very high. Sit quietly "
+                "and measure again now. If it stays this high, or you have chest pain, "
+                "shortness of breath, weakness or vision changes, call emergency services.",
+                due_at=check.due,
+            )
+        )
+
+
+def _notice(
+    patient_id: str, kind: str, text: str, *, due_at: datetime | None = None
+) -> dict[str, Any]:
+    # No created_at: the column's default, the wall-clock time (see docs/patient-ai-loop.md).
+    return {"patient_id": patient_id, "kind": kind, "text": text, "due_at": due_at}
+
+
+def _active_regimens(
+    session: Session, patient_ids: list[str]
+) -> dict[str, tuple[MedicationRegimen, TitrationLadder]]:
+    """Each patient's newest active regimen and its ladder (patients without one absent)."""
+    newest: dict[str, MedicationRegimen] = {}
+    for regimen in session.scalars(_ACTIVE_REGIMENS, {"ids": patient_ids}):
+        newest.setdefault(regimen.patient_id, regimen)
+    if not newest:
+        return {}
+    ladders = {
+        ladder.id: ladder
+        for ladder in session.scalars(
+            _LADDERS, {"ids": sorted({r.ladder_id for r in newest.values()})}
+        )
+    }
+    return {
+        patient_id: (regimen, ladders[regimen.ladder_id])
+        for patient_id, regimen in newest.items()
+        if regimen.ladder_id in ladders
+    }
+
+
+def auto_changes_30d(session: Session, *, patient_id: str, now: datetime) -> int:
+    """Dose changes delivered automatically in the last 30 days."""
+    return _auto_changes_30d(session, [patient_id], now).get(patient_id, 0)
+
+
+def _auto_changes_30d(session: Session, patient_ids: list[str], now: datetime) -> dict[str, int]:
+    rows = _rows(session, _AUTO_CHANGES, {"ids": patient_ids, "since": now - timedelta(days=30)})
+    return {patient_id: int(n) for patient_id, n in rows}
+
+
+def _pending_review(session: Session, patient_ids: list[str]) -> dict[str, list[Proposal]]:
+    pending: dict[str, list[Proposal]] = {}
+    for proposal in session.scalars(_PENDING_REVIEW, {"ids": patient_ids}):
+        pending.setdefault(proposal.patient_id, []).append(proposal)
+    return pending
+
+
+def _features(
+    case: _Case, regimen: MedicationRegimen, ladder: TitrationLadder, now: datetime, tz: str
+) -> FeatureVector:
+    return compute_features(
+        readings=case.history.points,
+        doses=case.history.doses,
+        patient=case.patient.facts,
         regimen=RegimenFacts(
             step=regimen.current_step,
             ladder_steps=len(ladder.steps),
@@ -331,99 +568,187 @@ def _propose(
         as_of=now,
         tz=tz,
     )
-    evaluation.feature_hash = features.hash()
-    if not features.sufficient:
-        evaluation.outcome = Outcome.INSUFFICIENT_DATA
-        _nudge(session, patient.id, now, result)
+
+
+def _score(session: Session, scoring: list[_OnLadder], predictor: Predictor, now: datetime) -> None:
+    """One model forward for every case, routing for each, one batched explanation."""
+    x = feature_matrix([on.features for on in scoring])
+    probs = np.asarray(predictor.predict_proba(x), dtype=np.float64)
+    if probs.shape != (len(scoring), len(ACTIONS)):
+        raise ValueError(f"the model gave probabilities of shape {probs.shape}")
+    ids = [on.case.patient.id for on in scoring]
+    envelopes = service.envelopes_in_force(session, ids, at=now)
+    auto_changes = _auto_changes_30d(session, ids, now)
+    pending = _pending_review(session, ids)
+    kill_switch = service.kill_switch_on(session)
+    rules_by_text: dict[str, EnvelopeRules] = {}  # envelopes often share their rules
+    proposing: list[_Scored] = []
+    for row, on in enumerate(scoring):
+        case, regimen, ladder, features = on.case, on.regimen, on.ladder, on.features
+        evaluation = case.evaluation
+        best = int(np.argmax(probs[row]))
+        action, confidence = ACTIONS[best], float(probs[row][best])
+        evaluation["model_version"] = predictor.label
+        envelope = envelopes.get(case.patient.id)
+        rules_in_force = _rules(envelope.rules, rules_by_text) if envelope else None
+        evaluation["envelope_version"] = envelope.version if envelope else None
+        # Unacknowledged alerts block automatic delivery; once a clinician has taken an alert
+        # in hand (acknowledged), the envelope decides again.
+        unseen = sum(1 for a in case.unresolved if a.status == AlertStatus.OPEN)
+        evidence = features.to_evidence(
+            auto_changes_30d=auto_changes.get(case.patient.id, 0),
+            open_alerts=unseen + len(case.alerts) + int(case.remeasure_pending),
+        )
+        to_step = regimen.current_step + _DELTA[action]
+        decision = route(
+            RoutingProposal(
+                action=action,
+                from_step=regimen.current_step,
+                to_step=to_step,
+                confidence=confidence,
+                ladder_steps=len(ladder.steps),
+            ),
+            evidence,
+            rules_in_force,
+            kill_switch=kill_switch,
+        )
+        evaluation["route"] = str(decision.route)
+        evaluation["reasons"] = [str(r) for r in decision.reasons]
+        # A new proposal, or a hold, makes any older queued change stale.
+        _supersede(pending.get(case.patient.id, []))
+        if action is TitrationAction.HOLD:
+            evaluation["outcome"] = Outcome.HOLD  # "keep taking it" is not worth a message
+            continue
+        proposing.append(
+            _Scored(
+                on,
+                row,
+                action,
+                tuple(float(p) for p in probs[row]),
+                confidence,
+                to_step,
+                decision,
+            )
+        )
+    if not proposing:
         return
-    if predictor is None:
-        evaluation.outcome = Outcome.MODEL_UNAVAILABLE
-        return
-    x = features.to_array()[None, :]
-    probs = predictor.predict_proba(x)[0]
-    action = ACTIONS[int(np.argmax(probs))]
-    confidence = float(probs[int(np.argmax(probs))])
-    evaluation.model_version = predictor.label
-    envelope = service.envelope_in_force(session, patient_id=patient.id, at=now)
-    rules_in_force = EnvelopeRules.model_validate(envelope.rules) if envelope else None
-    evaluation.envelope_version = envelope.version if envelope else None
-    # Unacknowledged alerts block automatic delivery; once a clinician has taken an alert
-    # in hand (acknowledged), the envelope decides again.
-    unseen = [
-        a
-        for a in service.open_alerts(session, patient_id=patient.id)
-        if a.status == AlertStatus.OPEN
-    ]
-    open_count = len(unseen) + int(result.remeasure_pending)
-    evidence = features.to_evidence(
-        auto_changes_30d=auto_changes_30d(session, patient_id=patient.id, now=now),
-        open_alerts=open_count,
+    explanations = predictor.explain_many(
+        x[[s.row for s in proposing]],
+        [s.action for s in proposing],
+        [s.on.features for s in proposing],
     )
-    to_step = regimen.current_step + _DELTA[action]
-    decision: RoutingDecision = route(
-        RoutingProposal(
-            action=action,
-            from_step=regimen.current_step,
-            to_step=to_step,
-            confidence=confidence,
-            ladder_steps=len(ladder.steps),
-        ),
-        evidence,
-        rules_in_force,
-        kill_switch=service.kill_switch_on(session),
-    )
-    evaluation.route = str(decision.route)
-    evaluation.reasons = [str(r) for r in decision.reasons]
-    if action is TitrationAction.HOLD:
-        evaluation.outcome = Outcome.HOLD  # "keep taking it" is not worth a message each day
-        _supersede_pending(session, patient.id)  # an older queued change is stale now
-        return
-    explanation = predictor.explain(x, action, features)
+    if len(explanations) != len(proposing):
+        raise ValueError("the model explained a different number of proposals")
+    for scored, explanation in zip(proposing, explanations, strict=True):
+        _propose(scored, explanation, predictor.label, now)
+
+
+def _rules(document: dict[str, Any], known: dict[str, EnvelopeRules]) -> EnvelopeRules:
+    """The envelope's rules, validated once per distinct document in a batch."""
+    key = json.dumps(document, sort_keys=True)
+    rules_in_force = known.get(key)
+    if rules_in_force is None:
+        rules_in_force = known[key] = EnvelopeRules.model_validate(document)
+    return rules_in_force
+
+
+def _propose(scored: _Scored, explanation: Explanation, model_version: str, now: datetime) -> None:
+    on, to_step, decision = scored.on, scored.to_step, scored.decision
+    case, regimen, ladder, features = on.case, on.regimen, on.ladder, on.features
+    evaluation = case.evaluation
     in_ladder = 0 <= to_step < len(ladder.steps)
     delivered = decision.route is Route.AUTO_DELIVER
-    proposal = Proposal(
-        patient_id=patient.id,
-        regimen_id=regimen.id,
-        model_version=predictor.label,
-        feature_hash=features.hash(),
-        features=_json_features(features),
-        action=str(action),
-        from_step=regimen.current_step,
-        to_step=to_step,
-        from_dose=ladder.steps[regimen.current_step],
-        to_dose=ladder.steps[to_step] if in_ladder else ladder.steps[regimen.current_step],
-        probabilities={str(a): float(p) for a, p in zip(ACTIONS, probs, strict=True)},
-        confidence=confidence,
-        explanation={
+    to_dose = ladder.steps[to_step] if in_ladder else ladder.steps[regimen.current_step]
+    proposal_id = new_id()
+    case.proposal = {
+        "id": proposal_id,
+        "patient_id": case.patient.id,
+        "regimen_id": regimen.id,
+        "model_version": model_version,
+        "feature_hash": on.feature_hash,
+        "features": _json_features(features),
+        "action": str(scored.action),
+        "from_step": regimen.current_step,
+        "to_step": to_step,
+        "from_dose": ladder.steps[regimen.current_step],
+        "to_dose": to_dose,
+        "probabilities": {str(a): p for a, p in zip(ACTIONS, scored.probs, strict=True)},
+        "confidence": scored.confidence,
+        "explanation": {
             "shap": explanation.shap,
             "clinician_text": explanation.clinician_text,
             "patient_text": explanation.patient_text,
         },
-        envelope_version=evaluation.envelope_version,
-        route=str(decision.route),
-        reasons=[str(r) for r in decision.reasons],
-        status=ProposalStatus.DELIVERED if delivered else ProposalStatus.PENDING_REVIEW,
-        created_at=now,
-        delivered_at=now if delivered else None,
-    )
-    _supersede_pending(session, patient.id)
-    session.add(proposal)
+        "envelope_version": evaluation["envelope_version"],
+        "route": str(decision.route),
+        "reasons": [str(r) for r in decision.reasons],
+        "status": ProposalStatus.DELIVERED if delivered else ProposalStatus.PENDING_REVIEW,
+        "created_at": now,
+        "delivered_at": now if delivered else None,
+    }
     if delivered:
         # Inside the envelope: the change is the patient's new instruction from now on.
         regimen.current_step, regimen.last_changed_at = to_step, now
-        session.add(regimen)
-        result.notices.append(
-            service.notify(
-                session,
-                patient_id=patient.id,
-                kind="recommendation",
-                text=f"New dose: {ladder.drug} {proposal.to_dose:g} {ladder.unit} "
-                f"{ladder.frequency}. {explanation.patient_text}",
+        case.notices.append(
+            _notice(
+                case.patient.id,
+                "recommendation",
+                f"New dose: {ladder.drug} {to_dose:g} {ladder.unit} {ladder.frequency}. "
+                f"{explanation.patient_text}",
             )
         )
-    session.flush()
-    evaluation.outcome, evaluation.proposal_id = Outcome.PROPOSAL, proposal.id
-    result.proposal = proposal
+    evaluation["outcome"], evaluation["proposal_id"] = Outcome.PROPOSAL, proposal_id
+
+
+def _write(session: Session, cases: list[_Case]) -> list[EvaluationResult]:
+    """Insert every case's new rows, one statement per table, in case order."""
+    alerts = iter(service.insert_returning(session, Alert, [r for c in cases for r in c.alerts]))
+    notices = iter(
+        service.insert_returning(session, PatientNotice, [r for c in cases for r in c.notices])
+    )
+    proposals = {
+        p.id: p
+        for p in service.insert_returning(
+            session, Proposal, [c.proposal for c in cases if c.proposal is not None]
+        )
+    }
+    evaluations = service.insert_returning(session, Evaluation, [c.evaluation for c in cases])
+    return [
+        EvaluationResult(
+            evaluation,
+            proposals[case.proposal["id"]] if case.proposal is not None else None,
+            [next(alerts) for _ in case.alerts],
+            [next(notices) for _ in case.notices],
+            case.remeasure_pending,
+        )
+        for case, evaluation in zip(cases, evaluations, strict=True)
+    ]
+
+
+def _audit(session: Session, results: list[EvaluationResult], trigger: str) -> None:
+    """Queue one `loop.evaluate` entry per evaluation, written by the caller's commit."""
+    for result in results:
+        evaluation = result.evaluation
+        audit.record(
+            session,
+            actor="system:loop",
+            actor_role="system",
+            action="loop.evaluate",
+            resource_type="evaluation",
+            resource_id=str(evaluation.id),
+            patient_id=evaluation.patient_id,
+            details={
+                "trigger": trigger,
+                "outcome": evaluation.outcome,
+                "model_version": evaluation.model_version,
+                "feature_hash": evaluation.feature_hash,
+                "envelope_version": evaluation.envelope_version,
+                "route": evaluation.route,
+                "reasons": evaluation.reasons,
+                "proposal_id": evaluation.proposal_id,
+                "alerts_raised": [a.type for a in result.alerts],
+            },
+        )
 
 
 def _last_change(regimen: MedicationRegimen) -> datetime | None:
@@ -435,36 +760,32 @@ def _json_features(features: FeatureVector) -> dict[str, Any]:
     return {k: (None if v != v else v) for k, v in features.as_dict().items()}  # NaN -> null
 
 
-def _supersede_pending(session: Session, patient_id: str) -> None:
-    for old in session.scalars(
-        select(Proposal).where(
-            col(Proposal.patient_id) == patient_id,
-            col(Proposal.status) == ProposalStatus.PENDING_REVIEW,
-        )
-    ):
+def _supersede(pending: list[Proposal]) -> None:
+    for old in pending:
         service.check_transition(
             PROPOSAL_TRANSITIONS, ProposalStatus(old.status), ProposalStatus.SUPERSEDED
         )
         old.status = ProposalStatus.SUPERSEDED
-        session.add(old)
 
 
-def _nudge(session: Session, patient_id: str, now: datetime, result: EvaluationResult) -> None:
-    since = now - timedelta(hours=24)
-    recent = session.scalars(
-        select(col(PatientNotice.id)).where(
-            col(PatientNotice.patient_id) == patient_id,
-            col(PatientNotice.kind) == "measure",
-            col(PatientNotice.created_at) >= since,
-        )
-    ).first()
-    if recent is None:  # at most one nudge a day
-        result.notices.append(
-            service.notify(
-                session,
-                patient_id=patient_id,
-                kind="measure",
-                text="Please measure your blood pressure with your home cuff twice in the "
-                "morning and twice in the evening, so your care plan can be reviewed.",
+def _nudge(session: Session, cases: list[_Case], now: datetime) -> None:
+    if not cases:
+        return
+    recent = set(
+        _rows(
+            session,
+            _NUDGED,
+            {"ids": [case.patient.id for case in cases], "since": now - timedelta(hours=24)},
+        ).scalars()
+    )
+    for case in cases:
+        if case.patient.id in recent:
+            continue  # at most one nudge a day
+        case.notices.append(
+            _notice(
+                case.patient.id,
+                "measure",
+                "Please measure your blood pressure with your home cuff twice in the morning "
+                "and twice in the evening, so your care plan can be reviewed.",
             )
         )

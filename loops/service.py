@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from itertools import pairwise
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, bindparam, func, insert, select
 from sqlalchemy.orm import Session
-from sqlmodel import col
+from sqlmodel import SQLModel, col
 
 from app.core import clock
+from app.db import new_id
 from loops.alerts import AlertType, Finding, Severity, escalation_due
 from loops.models import (
     ALERT_TRANSITIONS,
@@ -27,6 +28,7 @@ from policies.envelope import EnvelopeRules
 from policies.models import SafetyEnvelope
 
 _S = TypeVar("_S", bound=StrEnum)
+_M = TypeVar("_M", bound=SQLModel)
 
 
 def create_ladder(
@@ -100,14 +102,38 @@ def envelope_in_force(
     session: Session, *, patient_id: str, at: datetime | None = None
 ) -> SafetyEnvelope | None:
     """The newest version already effective at `at` (now by default)."""
-    at = at or clock.utcnow()
-    stmt = (
-        select(SafetyEnvelope)
-        .where(col(SafetyEnvelope.patient_id) == patient_id, col(SafetyEnvelope.effective_at) <= at)
-        .order_by(col(SafetyEnvelope.version).desc())
-        .limit(1)
+    return envelopes_in_force(session, [patient_id], at=at or clock.utcnow()).get(patient_id)
+
+
+_NEWEST_EFFECTIVE = (
+    select(
+        col(SafetyEnvelope.patient_id).label("patient_id"),
+        func.max(col(SafetyEnvelope.version)).label("version"),
     )
-    return session.scalars(stmt).first()
+    .where(
+        col(SafetyEnvelope.patient_id).in_(bindparam("ids", expanding=True)),
+        col(SafetyEnvelope.effective_at) <= bindparam("at"),
+    )
+    .group_by(col(SafetyEnvelope.patient_id))
+    .subquery()
+)
+# Built once: the loop runs it for every evaluation (single, or a daily chunk).
+_ENVELOPES_IN_FORCE = select(SafetyEnvelope).join(
+    _NEWEST_EFFECTIVE,
+    and_(
+        col(SafetyEnvelope.patient_id) == _NEWEST_EFFECTIVE.c.patient_id,
+        col(SafetyEnvelope.version) == _NEWEST_EFFECTIVE.c.version,
+    ),
+)
+
+
+def envelopes_in_force(
+    session: Session, patient_ids: Iterable[str], *, at: datetime
+) -> dict[str, SafetyEnvelope]:
+    """For each patient, the newest version already effective at `at` (one query);
+    patients without one are absent."""
+    rows = session.scalars(_ENVELOPES_IN_FORCE, {"ids": list(patient_ids), "at": at})
+    return {envelope.patient_id: envelope for envelope in rows}
 
 
 # ------------------------------------------------------------------ kill switch and alerts
@@ -143,56 +169,106 @@ def set_kill_switch(
     return flag
 
 
+_SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+
 def open_alerts(session: Session, *, patient_id: str) -> list[Alert]:
     """The patient's alerts not yet resolved, most severe first."""
-    order = {"critical": 0, "high": 1, "medium": 2, "low": 3}
-    rows = session.scalars(
-        select(Alert).where(
-            col(Alert.patient_id) == patient_id, col(Alert.status) != AlertStatus.RESOLVED
+    return open_alerts_of(session, [patient_id])[patient_id]
+
+
+_UNRESOLVED = select(Alert).where(
+    col(Alert.patient_id).in_(bindparam("ids", expanding=True)),
+    col(Alert.status) != AlertStatus.RESOLVED,
+)
+
+
+def open_alerts_of(session: Session, patient_ids: Iterable[str]) -> dict[str, list[Alert]]:
+    """Each patient's alerts not yet resolved (one query), most severe first."""
+    found: dict[str, list[Alert]] = {patient_id: [] for patient_id in patient_ids}
+    rows = session.scalars(_UNRESOLVED, {"ids": list(found)})
+    for alert in rows:
+        found[alert.patient_id].append(alert)
+    for alerts in found.values():
+        alerts.sort(key=lambda a: (_SEVERITY_ORDER.get(a.severity, 9), a.raised_at))
+    return found
+
+
+def new_alert_rows(
+    *, patient_id: str, found: Sequence[Finding], unresolved: Sequence[Alert], now: datetime
+) -> list[dict[str, Any]]:
+    """Rows for an alert per finding not already open (a finding already open is the same
+    alert). Pure: the caller inserts them (`insert_returning`)."""
+    existing = {a.key for a in unresolved}
+    rows: list[dict[str, Any]] = []
+    for finding in found:
+        if finding.key in existing:
+            continue
+        rows.append(
+            {
+                "id": new_id(),
+                "patient_id": patient_id,
+                "type": str(finding.type),
+                "severity": str(finding.severity),
+                "key": finding.key,
+                "status": AlertStatus.OPEN,
+                "detail": finding.detail,
+                "raised_at": now,
+                "escalation_level": 0,
+            }
         )
-    )
-    return sorted(rows, key=lambda a: (order.get(a.severity, 9), a.raised_at))
+        existing.add(finding.key)
+    return rows
+
+
+def insert_returning(session: Session, model: type[_M], rows: Sequence[dict[str, Any]]) -> list[_M]:
+    """Insert rows in one statement (batched by the driver) and return them as objects of
+    the session, in the order given. Far cheaper than building each object first."""
+    if not rows:
+        return []
+    stmt = _INSERTS.get(model)
+    if stmt is None:  # built once per table
+        stmt = _INSERTS[model] = insert(model).returning(model, sort_by_parameter_order=True)
+    return list(session.scalars(stmt, list(rows)))
+
+
+_INSERTS: dict[type[SQLModel], Any] = {}
+
+
+def clear_alerts(
+    unresolved: Sequence[Alert], *, still_found: Sequence[Finding], now: datetime
+) -> list[Alert]:
+    """Resolve (on the objects) alerts whose condition has cleared: data gaps at once, others
+    once a clinician has acknowledged them (an unacknowledged alert waits to be seen). A
+    recurrence later raises a new alert. Returns the alerts resolved."""
+    keys = {f.key for f in still_found}
+    cleared = []
+    for alert in unresolved:
+        seen = alert.status == AlertStatus.ACKNOWLEDGED
+        if alert.key not in keys and (seen or alert.type == AlertType.DATA_GAP):
+            check_transition(ALERT_TRANSITIONS, AlertStatus(alert.status), AlertStatus.RESOLVED)
+            alert.status, alert.resolved_at = AlertStatus.RESOLVED, now
+            cleared.append(alert)
+    return cleared
 
 
 def raise_alerts(
     session: Session, *, patient_id: str, found: Sequence[Finding], now: datetime
 ) -> list[Alert]:
     """Open an alert for each new finding; a finding already open is the same alert."""
-    existing = {a.key for a in open_alerts(session, patient_id=patient_id)}
-    raised = []
-    for finding in found:
-        if finding.key in existing:
-            continue
-        alert = Alert(
-            patient_id=patient_id,
-            type=str(finding.type),
-            severity=str(finding.severity),
-            key=finding.key,
-            detail=finding.detail,
-            raised_at=now,
-        )
-        session.add(alert)
-        raised.append(alert)
-        existing.add(finding.key)
-    session.flush()
-    return raised
+    unresolved = open_alerts(session, patient_id=patient_id)
+    rows = new_alert_rows(patient_id=patient_id, found=found, unresolved=unresolved, now=now)
+    return insert_returning(session, Alert, rows)
 
 
 def resolve_cleared(
     session: Session, *, patient_id: str, still_found: Sequence[Finding], now: datetime
 ) -> list[Alert]:
-    """Resolve alerts whose condition has cleared: data gaps at once, others once a clinician
-    has acknowledged them (an unacknowledged alert waits to be seen). A recurrence later
-    raises a new alert."""
-    keys = {f.key for f in still_found}
-    cleared = []
-    for alert in open_alerts(session, patient_id=patient_id):
-        seen = alert.status == AlertStatus.ACKNOWLEDGED
-        if alert.key not in keys and (seen or alert.type == AlertType.DATA_GAP):
-            check_transition(ALERT_TRANSITIONS, AlertStatus(alert.status), AlertStatus.RESOLVED)
-            alert.status, alert.resolved_at = AlertStatus.RESOLVED, now
-            session.add(alert)
-            cleared.append(alert)
+    """Resolve the patient's alerts whose condition has cleared (see `clear_alerts`)."""
+    cleared = clear_alerts(
+        open_alerts(session, patient_id=patient_id), still_found=still_found, now=now
+    )
+    session.add_all(cleared)
     session.flush()
     return cleared
 

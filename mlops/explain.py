@@ -31,7 +31,7 @@ from typing import Final, Literal
 
 import numpy as np
 
-from mlops.model import TitrationModel, index_of
+from mlops.model import CLASSES, FloatArray, TitrationModel, as_features, index_of
 from policies.envelope import TitrationAction
 
 Audience = Literal["clinician", "patient"]
@@ -312,9 +312,22 @@ def shap_values(
     """Exact SHAP values of one row's logit for `action` (default: the predicted action)."""
     row = _row(model, x)
     k = _class_index(model, row, action)
-    z = model.standardize(row)[0]
-    phi = model.weight[k] * z
-    return {name: float(v) for name, v in zip(model.feature_names, phi, strict=True)}
+    (phi,) = shap_matrix(model, row, [CLASSES[k]]).tolist()
+    return dict(zip(model.feature_names, phi, strict=True))
+
+
+def shap_matrix(
+    model: TitrationModel, X: np.ndarray, actions: Sequence[TitrationAction]
+) -> FloatArray:
+    """Exact SHAP values [n, d] of each row's logit for its action, in one pass.
+
+    Element-wise (phi = w[k] * z), so a row's values do not depend on the other rows.
+    """
+    arr = as_features(X, model.n_features)
+    if len(actions) != arr.shape[0]:
+        raise ValueError(f"{arr.shape[0]} rows but {len(actions)} actions")
+    k = np.array([index_of(a) for a in actions], dtype=np.int64)
+    return np.asarray(model.weight[k] * model.standardize(arr))
 
 
 def top_factors(

@@ -44,6 +44,7 @@ VALIDATED_CUFF: Final = "validated_cuff"
 CUFFLESS_WEARABLE: Final = "cuffless_wearable"
 DEVICE_CLASSES: Final = frozenset({VALIDATED_CUFF, CUFFLESS_WEARABLE, "other"})
 KINDS: Final = frozenset(kind.value for kind in ReadingKind)
+_BLOOD_PRESSURE: Final = ReadingKind.BLOOD_PRESSURE.value
 SEXES: Final = frozenset({"female", "male", "other", "unknown"})
 
 DAYS_SINCE_CHANGE_CAP: Final = 365
@@ -141,22 +142,27 @@ class ReadingPoint:
     quarantined: bool = False
 
     def __post_init__(self) -> None:
+        # Runs for every reading of every evaluation: the checks are written out, not looped.
         _require_aware(self.time, "reading time")
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown reading kind: {self.kind!r}")
+        kind, systolic, diastolic, value = self.kind, self.systolic, self.diastolic, self.value
+        if kind not in KINDS:
+            raise ValueError(f"unknown reading kind: {kind!r}")
         if self.device_class not in DEVICE_CLASSES:
             raise ValueError(f"unknown device class: {self.device_class!r}")
-        for name in ("systolic", "diastolic", "value"):
-            _require_finite(getattr(self, name), name)
+        if systolic is not None and not math.isfinite(systolic):
+            raise ValueError("systolic must be finite")
+        if diastolic is not None and not math.isfinite(diastolic):
+            raise ValueError("diastolic must be finite")
+        if value is not None and not math.isfinite(value):
+            raise ValueError("value must be finite")
         # A measurement lacking its values is an adapter bug; fail rather than skip it
         # silently (statistics are ignored anyway, so they may be partial).
         if self.statistic is None:
-            if self.kind == ReadingKind.BLOOD_PRESSURE and (
-                self.systolic is None or self.diastolic is None
-            ):
-                raise ValueError("a blood-pressure reading needs systolic and diastolic")
-            if self.kind != ReadingKind.BLOOD_PRESSURE and self.value is None:
-                raise ValueError(f"a {self.kind} reading needs a value")
+            if kind == _BLOOD_PRESSURE:
+                if systolic is None or diastolic is None:
+                    raise ValueError("a blood-pressure reading needs systolic and diastolic")
+            elif value is None:
+                raise ValueError(f"a {kind} reading needs a value")
 
 
 @dataclass(frozen=True, slots=True)

@@ -194,6 +194,25 @@ class TitrationModel:
         """Calibrated class probabilities [n, 3]: softmax(logits / temperature)."""
         return _softmax(self.logits(X) / self.temperature)
 
+    def row_logits(self, X: np.ndarray) -> FloatArray:
+        """Uncalibrated logits [n, 3], each row computed exactly as if scored alone.
+
+        A matrix product over many rows (`logits`) lets BLAS block the sums differently for
+        a different number of rows, which moves the last bits. Serving needs a row's logits to
+        be bit-for-bit the same alone or in a batch, so that a daily batch decides exactly as
+        a single evaluation would (and stores the same probabilities as before batching): the
+        inputs are standardized together, then each row goes through the same one-row product.
+        """
+        z = self.standardize(X)
+        w_t, bias = self.weight.T, self.bias
+        if z.shape[0] == 0:
+            return np.empty((0, N_CLASSES), dtype=np.float64)
+        return np.concatenate([z[i : i + 1] @ w_t + bias for i in range(z.shape[0])])
+
+    def predict_proba_rows(self, X: np.ndarray) -> FloatArray:
+        """Calibrated class probabilities [n, 3] from `row_logits` (row-independent)."""
+        return _softmax(self.row_logits(X) / self.temperature)
+
     def predict(self, X: np.ndarray) -> IntArray:
         """The most probable class index per row."""
         return np.asarray(np.argmax(self.logits(X), axis=1), dtype=np.int64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from loops.flows import Explanation
 from mlops import registry
-from mlops.explain import describe, feature_values, shap_values, top_factors
+from mlops.explain import describe, shap_matrix, top_factors
 from mlops.features import FeatureVector
 from mlops.model import ArtifactError, TitrationModel
 from policies.envelope import TitrationAction
@@ -28,20 +29,40 @@ class ServedModel:
     model: TitrationModel
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities of (decrease, hold, increase)."""
-        return self.model.predict_proba(x)
+        """Calibrated probabilities of (decrease, hold, increase), one row per feature row;
+        each row bit-for-bit as if scored alone (`TitrationModel.row_logits`)."""
+        return self.model.predict_proba_rows(x)
 
     def explain(
         self, x: np.ndarray, action: TitrationAction, features: FeatureVector
     ) -> Explanation:
         """Exact SHAP values for `action`, and texts for the clinician and the patient."""
-        phi = shap_values(self.model, x, action)
-        factors = top_factors(phi, feature_values(self.model, x), k=3)
-        return Explanation(
-            shap=phi,
-            clinician_text=describe(factors, action, "clinician"),
-            patient_text=describe(factors, action, "patient"),
-        )
+        (explanation,) = self.explain_many(np.atleast_2d(x), [action], [features])
+        return explanation
+
+    def explain_many(
+        self,
+        x: np.ndarray,
+        actions: Sequence[TitrationAction],
+        features: Sequence[FeatureVector],
+    ) -> list[Explanation]:
+        """`explain` for each row of x, with one batched SHAP pass."""
+        phi = shap_matrix(self.model, x, actions)
+        names = self.model.feature_names
+        explanations = []
+        for values, row, action in zip(
+            phi.tolist(), np.asarray(x, dtype=np.float64).tolist(), actions, strict=True
+        ):
+            shap = dict(zip(names, values, strict=True))
+            factors = top_factors(shap, dict(zip(names, row, strict=True)), k=3)
+            explanations.append(
+                Explanation(
+                    shap=shap,
+                    clinician_text=describe(factors, action, "clinician"),
+                    patient_text=describe(factors, action, "patient"),
+                )
+            )
+        return explanations
 
 
 _cache: dict[str, ServedModel] = {}

@@ -3,7 +3,7 @@ and a predictor stub."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -36,16 +36,22 @@ class StubPredictor:
                 self.action
             )
         ] = self.confidence
-        return probs[None, :]
+        return np.tile(probs, (len(x), 1))
 
-    def explain(
-        self, x: np.ndarray, action: TitrationAction, features: FeatureVector
-    ) -> Explanation:
-        return Explanation(
-            {"cuff_sbp_mean_7d": 1.2},
-            "Home SBP is above target.",
-            "Your readings are above your target.",
-        )
+    def explain_many(
+        self,
+        x: np.ndarray,
+        actions: Sequence[TitrationAction],
+        features: Sequence[FeatureVector],
+    ) -> list[Explanation]:
+        return [
+            Explanation(
+                {"cuff_sbp_mean_7d": 1.2},
+                "Home SBP is above target.",
+                "Your readings are above your target.",
+            )
+            for _ in actions
+        ]
 
 
 @pytest.fixture

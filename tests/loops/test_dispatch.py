@@ -115,3 +115,58 @@ def test_daily_run_when_patients_on_regimens_evaluates_each(
         predictor=lambda s: StubPredictor(TitrationAction.HOLD),
     )
     assert (report.evaluated, report.failed) == ([pid], [])
+
+
+def test_drain_when_chunked_evaluates_each_due_patient_once(
+    engine: Engine,
+    world: World,
+    patient: tuple[str, MedicationRegimen],
+    readings: Callable[..., None],
+    db: Session,
+    count_audit: Callable[..., int],
+) -> None:
+    pid, _ = patient
+    other = world.patients["pb1"].id  # no regimen: only the alert rules run
+    readings(148, 88)
+    now = clock.utcnow() - timedelta(minutes=5)
+    _pending(db, pid, 2, now)
+    _pending(db, other, 1, now)
+    factory = session_factory(engine)
+    report = drain(
+        factory,
+        now=clock.utcnow(),
+        predictor=lambda s: StubPredictor(TitrationAction.INCREASE),
+        chunk=10,
+    )
+    assert (report.evaluated, report.failed) == ([pid, other], [])
+    with factory() as s:
+        requests = s.scalars(select(EvaluationRequest)).all()
+        assert {(r.status, r.attempts) for r in requests} == {(OutboxStatus.DONE, 1)}
+        assert sorted(e.patient_id for e in s.scalars(select(Evaluation))) == sorted([pid, other])
+    assert count_audit(action="loop.evaluate") == 2
+
+
+def test_drain_when_chunk_fails_retries_each_patient_alone(
+    engine: Engine,
+    world: World,
+    patient: tuple[str, MedicationRegimen],
+    db: Session,
+) -> None:
+    pid, _ = patient
+    other = world.patients["pb1"].id
+    now = clock.utcnow() - timedelta(minutes=5)
+    _pending(db, pid, 1, now)
+    _pending(db, other, 1, now)
+    factory = session_factory(engine)
+
+    def broken(session: Session) -> StubPredictor:
+        raise RuntimeError("model store down")
+
+    report = drain(factory, now=clock.utcnow(), predictor=broken, chunk=10)
+    assert (report.evaluated, sorted(report.failed)) == ([], sorted([pid, other]))
+    with factory() as s:
+        requests = s.scalars(select(EvaluationRequest)).all()
+        assert {(r.status, r.attempts, r.last_error) for r in requests} == {
+            (OutboxStatus.PENDING, 1, "RuntimeError")
+        }
+        assert s.scalars(select(Evaluation)).all() == []

@@ -15,6 +15,7 @@ from mlops.explain import (
     describe,
     feature_info,
     feature_values,
+    shap_matrix,
     shap_values,
     top_factors,
 )
@@ -87,6 +88,23 @@ def test_shap_values_match_brute_force_shapley(model: TitrationModel, rows: np.n
                 s = frozenset(subset)
                 exact += weight * (value(s | {i}) - value(s))
         assert phi[name] == pytest.approx(exact, abs=1e-9)
+
+
+def test_shap_matrix_when_batched_matches_each_row_alone(
+    model: TitrationModel, rows: np.ndarray
+) -> None:
+    actions = [CLASSES[i % 3] for i in range(len(rows))]
+    phi = shap_matrix(model, rows, actions)
+    for i, action in enumerate(actions):
+        alone = shap_values(model, rows[i], action)
+        assert phi[i].tolist() == [alone[name] for name in NAMES]
+
+
+def test_shap_matrix_refuses_actions_not_matching_rows(
+    model: TitrationModel, rows: np.ndarray
+) -> None:
+    with pytest.raises(ValueError, match="actions"):
+        shap_matrix(model, rows, [TitrationAction.HOLD])
 
 
 def test_shap_values_default_to_predicted_action(model: TitrationModel, rows: np.ndarray) -> None:

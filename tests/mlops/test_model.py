@@ -64,6 +64,19 @@ def test_predict_proba_rows_sum_to_one(model: TitrationModel) -> None:
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-12)
 
 
+def test_predict_proba_rows_when_batched_match_each_row_scored_alone(
+    model: TitrationModel,
+) -> None:
+    X, _ = synthetic(257, seed=6)
+    X[::7, 1] = math.nan
+    batched = model.predict_proba_rows(X)
+    for i in range(len(X)):
+        alone = model.predict_proba_rows(X[i : i + 1])[0]
+        assert np.array_equal(batched[i], alone)  # bit for bit, not approximately
+        assert np.array_equal(alone, model.predict_proba(X[i : i + 1])[0])
+    assert model.predict_proba_rows(X[:0]).shape == (0, 3)
+
+
 def test_predict_matches_most_probable_class(model: TitrationModel) -> None:
     X, _ = synthetic(300, seed=3)
     assert np.array_equal(model.predict(X), model.predict_proba(X).argmax(axis=1))
