@@ -7,6 +7,7 @@ import app.patients.models
 import audit.models
 import device_ingest.models
 import loops.models
+import loops.review.models
 import mlops.models
 import policies.models
 import validation.models

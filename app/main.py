@@ -26,6 +26,7 @@ from app.portal import views as portal_views
 from audit import views as audit_views
 from device_ingest import views as device_views
 from loops import views as loop_views
+from loops.review import views as review_views
 from loops.worker import LoopWorker
 
 
@@ -68,6 +69,7 @@ ROUTERS = (
     portal_views.router,
     loop_views.router,
     loop_views.fhir_router,
+    review_views.router,
 )
 
 

@@ -62,6 +62,8 @@ class ProposalStatus(StrEnum):
 PROPOSAL_TRANSITIONS: dict[ProposalStatus, frozenset[ProposalStatus]] = {
     ProposalStatus.PENDING_REVIEW: frozenset(
         {
+            # Delivered: an envelope edit put a queued proposal inside the new envelope.
+            ProposalStatus.DELIVERED,
             ProposalStatus.APPROVED,
             ProposalStatus.MODIFIED,
             ProposalStatus.REJECTED,

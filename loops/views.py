@@ -29,6 +29,7 @@ from loops.models import (
     SystemFlag,
     TitrationLadder,
 )
+from loops.review.models import Decision
 
 router = APIRouter(prefix="/api/v1", tags=["patient-ai loop"])
 fhir_router = APIRouter(prefix="/fhir/R4", tags=["fhir"])
@@ -37,8 +38,8 @@ SYMPTOMS = ("dizziness", "headache", "swelling", "cough", "fatigue", "fainting",
 _PATIENT_STATUS = {
     ProposalStatus.DELIVERED: "recommended",
     ProposalStatus.PENDING_REVIEW: "being reviewed by your care team",
-    ProposalStatus.APPROVED: "approved by your care team",
-    ProposalStatus.MODIFIED: "changed by your care team",
+    ProposalStatus.APPROVED: "approved by your clinician",
+    ProposalStatus.MODIFIED: "changed by your clinician",
     ProposalStatus.REJECTED: "not recommended by your care team",
     ProposalStatus.SUPERSEDED: "replaced by a newer recommendation",
 }
@@ -75,34 +76,60 @@ class Recommendation(BaseModel):
     response: str | None
 
 
-def _recommendation(session: Session, p: Proposal) -> Recommendation:
+def decisions_for(session: Session, proposals: list[Proposal]) -> dict[str, Decision]:
+    """The clinicians' decisions on these proposals (one query), by proposal id."""
+    decided = [
+        p.id
+        for p in proposals
+        if p.status in (ProposalStatus.APPROVED, ProposalStatus.MODIFIED, ProposalStatus.REJECTED)
+    ]
+    if not decided:
+        return {}
+    rows = session.scalars(select(Decision).where(col(Decision.proposal_id).in_(decided)))
+    return {d.proposal_id: d for d in rows}
+
+
+def ordered_dose(p: Proposal, decision: Decision | None) -> float:
+    """The dose a proposal leaves the patient on: the clinician's choice if they modified
+    it, else the proposed dose."""
+    if p.status == ProposalStatus.MODIFIED and decision is not None:
+        return decision.decided_dose
+    return p.to_dose
+
+
+def _recommendation(
+    session: Session, p: Proposal, decision: Decision | None = None
+) -> Recommendation:
     regimen = session.get(MedicationRegimen, p.regimen_id)
     ladder = session.get(TitrationLadder, regimen.ladder_id) if regimen else None
     drug = ladder.drug if ladder else ""
     unit = ladder.unit if ladder else "mg"
-    change = {
-        "increase": f"take {drug} {p.to_dose:g} {unit} instead of {p.from_dose:g} {unit}",
-        "decrease": f"take {drug} {p.to_dose:g} {unit} instead of {p.from_dose:g} {unit}",
-        "hold": f"keep taking {drug} {p.from_dose:g} {unit}",
-    }[p.action]
-    text = (
-        f"Your care team is reviewing a possible change: {change}. Keep your current dose "
-        "until they confirm."
-        if p.status == ProposalStatus.PENDING_REVIEW
-        else f"Your care plan suggests you {change}."
-        if p.status != ProposalStatus.REJECTED
-        else f"No change: your care team decided you should keep taking {drug} "
-        f"{p.from_dose:g} {unit}."
+    dose = ordered_dose(p, decision)
+    change = (
+        f"keep taking {drug} {p.from_dose:g} {unit}"
+        if dose == p.from_dose
+        else f"take {drug} {dose:g} {unit} instead of {p.from_dose:g} {unit}"
     )
+    status = ProposalStatus(p.status)
+    text = {
+        ProposalStatus.PENDING_REVIEW: f"Your care team is reviewing a possible change: "
+        f"{change}. Keep your current dose until they confirm.",
+        ProposalStatus.APPROVED: f"Approved by your clinician: {change}.",
+        ProposalStatus.MODIFIED: f"Changed by your clinician: {change}.",
+        ProposalStatus.REJECTED: f"No change: your care team decided you should keep taking "
+        f"{drug} {p.from_dose:g} {unit}.",
+    }.get(status, f"Your care plan suggests you {change}.")
+    # The model's reasons explain its own proposal, not a clinician's different choice.
+    explains = status not in (ProposalStatus.MODIFIED, ProposalStatus.REJECTED)
     return Recommendation(
         id=p.id,
         created_at=p.created_at,
-        status=_PATIENT_STATUS[ProposalStatus(p.status)],
+        status=_PATIENT_STATUS[status],
         text=text,
-        explanation=str(p.explanation.get("patient_text", "")),
+        explanation=str(p.explanation.get("patient_text", "")) if explains else "",
         drug=drug,
         dose_from=p.from_dose,
-        dose_to=p.to_dose,
+        dose_to=dose,
         unit=unit,
         response=p.patient_response,
     )
@@ -126,7 +153,8 @@ def my_recommendations(
         .order_by(col(Proposal.created_at).desc())
         .limit(limit)
     ).all()
-    out = [_recommendation(session, p) for p in rows]
+    decided = decisions_for(session, list(rows))
+    out = [_recommendation(session, p, decided.get(p.id)) for p in rows]
     access.entry.details = {"count": len(out)}
     session.commit()
     return out
@@ -185,7 +213,7 @@ def respond(
     access.entry.resource_type, access.entry.resource_id = "proposal", proposal.id
     access.entry.details = {"response": body.response, "symptoms": list(body.symptoms)}
     session.commit()
-    return _recommendation(session, proposal)
+    return _recommendation(session, proposal, decisions_for(session, [proposal]).get(proposal.id))
 
 
 class AlertRead(BaseModel):
@@ -371,8 +399,11 @@ def set_kill_switch(
     return KillSwitch(enabled=flag.enabled, reason=flag.reason)
 
 
-def medication_request(session: Session, p: Proposal) -> dict[str, Any]:
-    """A proposal as FHIR MedicationRequest: a proposal/draft until ordered by a clinician."""
+def medication_request(
+    session: Session, p: Proposal, decision: Decision | None = None
+) -> dict[str, Any]:
+    """A proposal as FHIR MedicationRequest: a proposal/draft until ordered (delivered
+    within the envelope, or approved or modified by a clinician: `intent=order`, active)."""
     ordered = p.status in (
         ProposalStatus.APPROVED,
         ProposalStatus.MODIFIED,
@@ -394,7 +425,17 @@ def medication_request(session: Session, p: Proposal) -> dict[str, Any]:
     status = {ProposalStatus.REJECTED: "cancelled", ProposalStatus.SUPERSEDED: "stopped"}.get(
         ProposalStatus(p.status), "active" if ordered else "draft"
     )
-    return {
+    dose = ordered_dose(p, decision)
+    note = (
+        f"titration {p.action} (step {p.from_step} -> {p.to_step}); "
+        f"route {p.route}; model {p.model_version}"
+    )
+    if decision is not None:
+        note += (
+            f"; {decision.meaning} by {decision.signer_printed_name} "
+            f"at {clock.iso(decision.signed_at)} (step {decision.decided_step})"
+        )
+    resource: dict[str, Any] = {
         "resourceType": "MedicationRequest",
         "id": p.id,
         "status": status,
@@ -404,11 +445,11 @@ def medication_request(session: Session, p: Proposal) -> dict[str, Any]:
         "authoredOn": clock.iso(p.created_at),
         "dosageInstruction": [
             {
-                "text": f"{drug} {p.to_dose:g} {unit} {ladder.frequency if ladder else ''}".strip(),
+                "text": f"{drug} {dose:g} {unit} {ladder.frequency if ladder else ''}".strip(),
                 "doseAndRate": [
                     {
                         "doseQuantity": {
-                            "value": p.to_dose,
+                            "value": dose,
                             "unit": unit,
                             "system": "http://unitsofmeasure.org",
                             "code": unit,
@@ -417,13 +458,11 @@ def medication_request(session: Session, p: Proposal) -> dict[str, Any]:
                 ],
             }
         ],
-        "note": [
-            {
-                "text": f"titration {p.action} (step {p.from_step} -> {p.to_step}); "
-                f"route {p.route}; model {p.model_version}"
-            }
-        ],
+        "note": [{"text": note}],
     }
+    if decision is not None and ordered:
+        resource["requester"] = {"display": decision.signer_printed_name}
+    return resource
 
 
 @fhir_router.get("/MedicationRequest")
@@ -447,10 +486,11 @@ def search_medication_requests(
         .order_by(col(Proposal.created_at).desc())
         .limit(count)
     ).all()
+    decided = decisions_for(session, list(rows))
     entries = [
         {
             "fullUrl": f"MedicationRequest/{p.id}",
-            "resource": medication_request(session, p),
+            "resource": medication_request(session, p, decided.get(p.id)),
             "search": {"mode": "match"},
         }
         for p in rows

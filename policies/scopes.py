@@ -52,6 +52,9 @@ RESOURCE_TYPES: dict[str, str] = {
     "recommendation": "MedicationRequest",
     "medication_request": "MedicationRequest",
     "trends": "Observation",
+    # Clinician review: proposals are MedicationRequests, an envelope is part of the care plan.
+    "proposal": "MedicationRequest",
+    "envelope": "CarePlan",
 }
 
 ACTION_PERMISSIONS: dict[str, str] = {
@@ -66,6 +69,11 @@ ACTION_PERMISSIONS: dict[str, str] = {
     "search": "s",
     "revoke": "u",
     "respond": "u",
+    "review": "r",
+    "claim": "u",
+    "decide": "u",
+    "write": "u",
+    "panel": "s",
 }
 
 

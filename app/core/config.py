@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # --daily` from cron instead). The lease lapses after `daily_run_lease_minutes`.
     daily_evaluation_hour_utc: Annotated[int | None, Field(ge=0, le=23)] = 6
     daily_run_lease_minutes: Annotated[int, Field(ge=1, le=1440)] = 120
+    # Clinician review: a claim locks a proposal for one clinician this long (then lapses),
+    # and a queued proposal should be decided within this many hours (the queue's target).
+    review_claim_minutes: Annotated[int, Field(ge=1, le=240)] = 10
+    review_target_hours: Annotated[int, Field(ge=1, le=720)] = 24
     # Device ingestion: a request holds at most this many readings (413 beyond).
     ingest_max_entries: Annotated[int, Field(ge=1, le=50_000)] = 5000
     # A reading dated further ahead than this is quarantined as implausible.
