@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_ENV := CLINAIOPS_ENVIRONMENT=demo CLINAIOPS_COOKIE_SECURE=false
 
-.PHONY: install demo test test-postgres lint clean
+.PHONY: install chromium demo test test-postgres lint clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -17,7 +17,15 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# Headless Chromium for the portal's browser tests (Debian's package, driven by Playwright;
+# Playwright's own browser download is not used). Installed only when absent.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO apt-get install -y -qq chromium; }
 
 demo: install
 	$(DEMO_ENV) $(VENV)/bin/clinaiops demo

@@ -1,16 +1,20 @@
-"""The portal shell: sign-in, home and sign-out over a cookie session with CSRF tokens."""
+"""The portal shell: sign-in, home and sign-out over a cookie session with CSRF tokens.
+
+The clinician review pages are in `app.portal.pages` and included in this router.
+"""
 
 from __future__ import annotations
 
 import hmac
-import secrets
+import importlib.util
+import os
 from pathlib import Path as FsPath
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
+from starlette.types import Scope
 
 from app.api.deps import (
     SESSION_COOKIE,
@@ -24,15 +28,62 @@ from app.api.deps import (
 from app.auth import service as auth_service
 from app.auth.models import WebSession
 from app.patients import service as patients
+from app.portal import drafts
+from app.portal import pages as pages  # registers the review pages on the portal router
+from app.portal.web import HERE, LOGIN_CSRF_COOKIE, login_page, safe_next, templates
+from app.portal.web import router as router  # the portal's router, listed in app.main
 from audit import service as audit
 from audit.models import Outcome
 from policies import service as policy
 
-HERE = FsPath(__file__).parent
-templates = Jinja2Templates(directory=str(HERE / "templates"))
-router = APIRouter(prefix="/portal", include_in_schema=False)
-static = StaticFiles(directory=str(HERE / "static"))
-LOGIN_CSRF_COOKIE = "clinaiops_login_csrf"
+
+# plotly.js comes from the installed Python package: no CDN (the CSP allows only 'self',
+# and a clinic network may be offline), and its version moves with the dependency.
+# Found without importing plotly (its Python side is not used).
+def _plotly_js() -> FsPath:
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the plotly package is a dependency of the portal")
+    return FsPath(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+
+
+PLOTLY_JS = _plotly_js()
+VENDOR = {"vendor/plotly.min.js": PLOTLY_JS}
+
+
+# Vendored files hold no patient data and change only with the package (the page links them
+# with ?v=<version>), so browsers may keep them; everything else under /portal is no-store.
+VENDOR_CACHE = "public, max-age=604800, immutable"
+
+
+class PortalStatic(StaticFiles):
+    """The portal's own static files plus named files from installed packages."""
+
+    def lookup_path(self, path: str) -> tuple[str, os.stat_result | None]:
+        """Serve a vendored file by its fixed name, anything else from the static folder."""
+        vendored = VENDOR.get(path.replace(os.sep, "/"))
+        if vendored is not None:
+            return str(vendored), os.stat(vendored)
+        return super().lookup_path(path)
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        """The file, cacheable if it is a vendored one."""
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        if str(full_path) in _VENDORED:
+            response.headers["cache-control"] = VENDOR_CACHE
+        return response
+
+
+_VENDORED = frozenset(str(path) for path in VENDOR.values())
+
+
+static = PortalStatic(directory=str(HERE / "static"))
 
 _REASONS = {
     "session_expired": "Your session ended after a period of inactivity. Please sign in again.",
@@ -41,36 +92,11 @@ _REASONS = {
 }
 
 
-def _safe_next(target: str) -> str:
-    # Only local portal paths: an open redirect would hand the session to another site.
-    return target if target.startswith("/portal") and not target.startswith("//") else "/portal/"
-
-
 @router.get("/login", response_class=HTMLResponse)
 @public_route
 def login_form(request: Request, next: str = "/portal/", reason: str = "") -> Response:
     """The sign-in page."""
-    token = secrets.token_urlsafe(24)
-    response = templates.TemplateResponse(
-        request,
-        "login.html",
-        {
-            "principal": None,
-            "login_csrf": token,
-            "next": _safe_next(next),
-            "message": _REASONS.get(reason, ""),
-            "username": "",
-        },
-    )
-    response.set_cookie(
-        LOGIN_CSRF_COOKIE,
-        token,
-        httponly=True,
-        samesite="strict",
-        secure=request.app.state.settings.cookie_secure,
-        path="/portal",
-    )
-    return response
+    return login_page(request, next=next, message=_REASONS.get(reason, ""))
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -83,8 +109,9 @@ def login(
     password: Annotated[str, Form(max_length=256)],
     csrf_token: Annotated[str, Form(max_length=100)] = "",
     next: Annotated[str, Form(max_length=500)] = "/portal/",
+    draft: Annotated[str, Form(max_length=4000)] = "",
 ) -> Response:
-    """Check the password, open a session and go to the requested page."""
+    """Check the password, open a session and go to the requested page (with a kept form)."""
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not expected or not hmac.compare_digest(expected, csrf_token):
         audit_denial(
@@ -95,7 +122,14 @@ def login(
             resource_type="user",
             code="csrf_failed",
         )
-        return _login_again(request, username, next, "Your sign-in form expired. Try again.", 403)
+        return login_page(
+            request,
+            username=username,
+            next=next,
+            message="Your sign-in form expired. Try again.",
+            status=403,
+            draft=draft,
+        )
     result = auth_service.authenticate(
         session, username=username, password=password, settings=settings
     )
@@ -116,7 +150,9 @@ def login(
             auth_service.LoginOutcome.LOCKED: "This account is locked for a while after "
             "repeated failures.",
         }.get(result.outcome, "Invalid username or password.")
-        return _login_again(request, username, next, message, 401)
+        return login_page(
+            request, username=username, next=next, message=message, status=401, draft=draft
+        )
     token, _web = auth_service.open_session(session, user=result.user, settings=settings)
     audit.record(
         session,
@@ -128,7 +164,21 @@ def login(
         details={"method": "password"},
     )
     session.commit()
-    response = RedirectResponse(_safe_next(next), status_code=303)
+    kept = drafts.decode(settings.secret_key, draft) if draft else None
+    if kept is not None and kept["u"] == result.user.id:
+        # Back to the form the ended session interrupted, filled in again.
+        response = RedirectResponse(safe_next(str(kept["to"])), status_code=303)
+        response.set_cookie(
+            drafts.DRAFT_COOKIE,
+            draft,
+            max_age=drafts.DRAFT_SECONDS,
+            httponly=True,
+            samesite="strict",
+            secure=settings.cookie_secure,
+            path="/portal",
+        )
+    else:
+        response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         token,
@@ -138,31 +188,6 @@ def login(
         path="/",
     )
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/portal")
-    return response
-
-
-def _login_again(request: Request, username: str, next: str, message: str, status: int) -> Response:
-    token = secrets.token_urlsafe(24)
-    response = templates.TemplateResponse(
-        request,
-        "login.html",
-        {
-            "principal": None,
-            "login_csrf": token,
-            "next": _safe_next(next),
-            "message": message,
-            "username": username,
-        },
-        status_code=status,
-    )
-    response.set_cookie(
-        LOGIN_CSRF_COOKIE,
-        token,
-        httponly=True,
-        samesite="strict",
-        secure=request.app.state.settings.cookie_secure,
-        path="/portal",
-    )
     return response
 
 
