@@ -8,9 +8,12 @@ from dataclasses import dataclass
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core import clock
 from audit import service as audit_service
 from audit.keys import load_signing_key
 from tests.conftest import World
+from tests.portal.conftest import sign_in
+from tests.portal.seed import seed_review
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,159 @@ CELLS = [
         _all(403, anon=401, device_pa1=415),
     ),
     Cell("device-me", "GET", "/api/v1/device/me", _all(403, anon=401, device_pa1=200)),
+    # Clinician review (issue 5).
+    Cell("review-queue", "GET", "/api/v1/review/queue", _all(403, anon=401, clina=200, clinb=200)),
+    Cell(
+        "review-alerts", "GET", "/api/v1/review/alerts", _all(403, anon=401, clina=200, clinb=200)
+    ),
+    Cell("review-panel", "GET", "/api/v1/review/panel", _all(403, anon=401, clina=200, clinb=200)),
+    Cell(
+        "review-proposal-unknown",
+        "GET",
+        "/api/v1/review/proposals/00000000-0000-4000-8000-000000000000",
+        _all(403, anon=401, clina=404, clinb=404),
+    ),
+    Cell(
+        "review-claim-unknown",
+        "POST",
+        "/api/v1/review/proposals/00000000-0000-4000-8000-000000000000/claim",
+        _all(403, anon=401, clina=404, clinb=404),
+    ),
+    Cell(
+        "review-release-unknown",
+        "DELETE",
+        "/api/v1/review/proposals/00000000-0000-4000-8000-000000000000/claim",
+        _all(403, anon=401, clina=404, clinb=404),
+    ),
+    Cell(
+        "review-decide-unknown",
+        "POST",
+        "/api/v1/review/proposals/00000000-0000-4000-8000-000000000000/decision",
+        _all(403, anon=401, clina=404, clinb=404),
+    ),
+    Cell(
+        "decision-unknown",
+        "GET",
+        "/api/v1/decisions/00000000-0000-4000-8000-000000000000",
+        _all(403, anon=401, clina=404, clinb=404, auditor=404),
+    ),
+    Cell(
+        "envelopes-pa1",
+        "GET",
+        "/api/v1/patients/{pa1}/envelopes",
+        _all(403, anon=401, clina=200, clinb=404),
+    ),
+    Cell(
+        "envelope-write-pa1",
+        "PUT",
+        "/api/v1/patients/{pa1}/envelope",
+        _all(403, anon=401, clina=422, clinb=404),
+    ),
+    Cell(
+        "alert-escalate-unknown",
+        "POST",
+        "/api/v1/alerts/00000000-0000-4000-8000-000000000000/escalate",
+        _all(403, anon=401, clina=404, clinb=404),
+    ),
+    # Clinician review portal: HTML pages. Signed out, a page sends the browser to sign in
+    # (303); a refusal is an HTML page with the policy's status (403, or 404 outside the care
+    # team as for an unknown id). Bearer callers are not asked for a CSRF token, so the
+    # POST cells check authorization alone; the cookie test below checks CSRF.
+    Cell("portal-home", "GET", "/portal/", _all(200, anon=303, device_pa1=403)),
+    Cell("portal-logout", "POST", "/portal/logout", _all(303, device_pa1=403)),
+    Cell("portal-panel", "GET", "/portal/panel", _all(403, anon=303, clina=200, clinb=200)),
+    Cell("portal-queue", "GET", "/portal/queue", _all(403, anon=303, clina=200, clinb=200)),
+    Cell(
+        "portal-queue-filter-pb1",
+        "GET",
+        "/portal/queue?patient={pb1}",
+        _all(403, anon=303, clina=200, clinb=200),
+    ),
+    Cell("portal-alerts", "GET", "/portal/alerts", _all(403, anon=303, clina=200, clinb=200)),
+    Cell(
+        "portal-proposal-pa1",
+        "GET",
+        "/portal/proposals/{proposal_pa1}",
+        _all(403, anon=303, clina=200, clinb=404),
+    ),
+    Cell(
+        "portal-proposal-pb1",
+        "GET",
+        "/portal/proposals/{proposal_pb1}",
+        _all(403, anon=303, clina=404, clinb=200),
+    ),
+    Cell(
+        "portal-proposal-unknown",
+        "GET",
+        "/portal/proposals/00000000-0000-4000-8000-000000000000",
+        _all(403, anon=303, clina=404, clinb=404),
+    ),
+    Cell(
+        "portal-print-pa1",
+        "GET",
+        "/portal/proposals/{proposal_pa1}/print",
+        _all(403, anon=303, clina=200, clinb=404),
+    ),
+    Cell(
+        "portal-print-pb1",
+        "GET",
+        "/portal/proposals/{proposal_pb1}/print",
+        _all(403, anon=303, clina=404, clinb=200),
+    ),
+    Cell(
+        "portal-envelope-pa1",
+        "GET",
+        "/portal/patients/{pa1}/envelope",
+        _all(403, anon=303, clina=200, clinb=404),
+    ),
+    Cell(
+        "portal-envelope-pb1",
+        "GET",
+        "/portal/patients/{pb1}/envelope",
+        _all(403, anon=303, clina=404, clinb=200),
+    ),
+    Cell(
+        "portal-envelope-unknown",
+        "GET",
+        "/portal/patients/00000000-0000-4000-8000-000000000000/envelope",
+        _all(403, anon=303, clina=404, clinb=404),
+    ),
+    Cell(
+        "portal-claim-pa1",
+        "POST",
+        "/portal/queue/{proposal_pa1}/claim",
+        _all(403, anon=303, clina=303, clinb=404),
+    ),
+    Cell(
+        "portal-release-pa1",
+        "POST",
+        "/portal/queue/{proposal_pa1}/release",
+        _all(403, anon=303, clina=303, clinb=404),
+    ),
+    Cell(
+        "portal-decide-pa1",
+        "POST",
+        "/portal/proposals/{proposal_pa1}/decide",
+        _all(403, anon=303, clina=422, clinb=404),  # granted; no form sent
+    ),
+    Cell(
+        "portal-envelope-write-pa1",
+        "POST",
+        "/portal/patients/{pa1}/envelope",
+        _all(403, anon=303, clina=422, clinb=404),  # granted; no form sent
+    ),
+    Cell(
+        "portal-acknowledge-pa1",
+        "POST",
+        "/portal/alerts/{alert_pa1}/acknowledge",
+        _all(403, anon=303, clina=303, clinb=404),
+    ),
+    Cell(
+        "portal-escalate-pb1",
+        "POST",
+        "/portal/alerts/{alert_pb1}/escalate",
+        _all(403, anon=303, clina=404, clinb=422),  # granted; a note is required
+    ),
 ]
 
 
@@ -155,25 +311,96 @@ def _forbidden_data(world: World, caller: str) -> list[str]:
     return out
 
 
+@pytest.fixture
+def path_ids(world: World) -> dict[str, str]:
+    """What cell paths name: patients pa1 and pb1, and a waiting proposal and an open alert
+    of each (the review scene of the portal tests)."""
+    cast = seed_review(
+        world.session,
+        patients={key: world.patients[key].id for key in ("pa1", "pb1")},
+        author_id=world.users["clina"].id or 0,
+        now=clock.utcnow(),
+    )
+    world.session.commit()
+    out = {key: world.patients[key].id for key in ("pa1", "pb1")}
+    for key in ("pa1", "pb1"):
+        out[f"proposal_{key}"] = cast.proposals[key].id
+        out[f"alert_{key}"] = cast.alerts[key].id
+    return out
+
+
 @pytest.mark.parametrize("cell", CELLS, ids=lambda c: c.name)
 def test_access_matrix_when_each_role_calls_answers_as_policy(
     client: TestClient,
     setup: tuple[World, dict[str, dict[str, str]]],
+    path_ids: dict[str, str],
     cell: Cell,
     count_audit: object,
 ) -> None:
     world, headers = setup
-    path = cell.path.format(pa1=world.patients["pa1"].id, pb1=world.patients["pb1"].id)
+    path = cell.path.format(**path_ids)
+    portal = path.startswith("/portal/")
     got = {}
     for caller in CALLERS:
-        response = client.request(cell.method, path, headers=headers[caller])
+        response = client.request(
+            cell.method, path, headers=headers[caller], follow_redirects=False
+        )
         got[caller] = response.status_code
         for secret in _forbidden_data(world, caller):
             assert secret not in response.text, f"{caller} saw another patient's data in {path}"
-        if response.status_code >= 400:
+        if portal:
+            # Pages answer HTML: only the status is checked, and where a signed-out caller
+            # is sent (to sign in, then back).
+            if caller == "anon":
+                assert response.headers["location"].startswith("/portal/login?next=")
+        elif response.status_code >= 400:
             assert response.headers["content-type"].startswith("application/problem+json")
             assert response.json()["code"]
     assert got == cell.expect
+
+
+PORTAL_CELLS = [c for c in CELLS if c.path.startswith("/portal/")]
+# Who can hold a portal session (a device key cannot sign in).
+PEOPLE = [c for c in CALLERS if c not in ("anon", "device_pa1")]
+PORTAL_ACTS = (
+    "proposal.claim",
+    "proposal.release",
+    "proposal.decide",
+    "envelope.write",
+    "alert.acknowledge",
+    "alert.escalate",
+    "auth.portal_logout",
+)
+
+
+def test_portal_matrix_when_signed_in_by_cookie_gets_pages_and_csrf_refusals(
+    client: TestClient,
+    setup: tuple[World, dict[str, dict[str, str]]],
+    path_ids: dict[str, str],
+    count_audit: Callable[..., int],
+) -> None:
+    """The portal's own callers hold a cookie session: every page answers them as the matrix
+    says, and every portal POST without the session's CSRF token is refused (403) before the
+    policy is asked, whoever posts, and does nothing."""
+    world = setup[0]
+    for caller in PEOPLE:
+        client.cookies.clear()
+        sign_in(client, caller)
+        for cell in PORTAL_CELLS:
+            path = cell.path.format(**path_ids)
+            if cell.method == "GET":
+                response = client.get(path, follow_redirects=False)
+                assert response.status_code == cell.expect[caller], (caller, cell.name)
+            else:
+                response = client.post(path, data={"note": "x"}, follow_redirects=False)
+                assert response.status_code == 403, (caller, cell.name)
+            for secret in _forbidden_data(world, caller):
+                assert secret not in response.text, f"{caller} saw another patient's data"
+        assert client.get("/portal/", follow_redirects=False).status_code == 200  # still in
+    assert all(count_audit(action=act) == 0 for act in PORTAL_ACTS)
+    assert count_audit(action="auth.denied", outcome="denied") == len(PEOPLE) * sum(
+        c.method == "POST" for c in PORTAL_CELLS
+    )
 
 
 def test_denials_when_refused_are_each_audited(
