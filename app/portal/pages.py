@@ -480,17 +480,7 @@ def decide(
         return _decide_again(
             request, session, access, settings, proposal_id, entered, exc.message, 422
         )
-    access.entry.details = {
-        "decision_id": decision.id,
-        "kind": str(decision.kind),
-        "from_step": decision.from_step,
-        "proposed_step": decision.proposed_step,
-        "decided_step": decision.decided_step,
-        "reason_code": decision.reason_code,
-        "meaning": decision.meaning,
-        "signed_at": clock.iso(decision.signed_at),
-        "record_hash": decision.record_hash,
-    }
+    access.entry.details = review.decision_audit_details(decision)
     session.commit()
     return _see_other(f"/portal/proposals/{proposal_id}")
 

@@ -22,6 +22,7 @@ from sqlmodel import col
 from app.auth import service as auth_service
 from app.auth.models import User
 from app.auth.principal import Principal
+from app.core import clock
 from app.core.config import Settings, get_settings
 from app.patients.models import Patient
 from audit import keys
@@ -496,6 +497,21 @@ def _label(kind: DecisionKind, proposal: Proposal, decided_step: int) -> str:
         if change < 0
         else TitrationAction.HOLD
     )
+
+
+def decision_audit_details(decision: Decision) -> dict[str, Any]:
+    """What a decision's audit entry records of it (the API and the portal alike)."""
+    return {
+        "decision_id": decision.id,
+        "kind": str(decision.kind),
+        "from_step": decision.from_step,
+        "proposed_step": decision.proposed_step,
+        "decided_step": decision.decided_step,
+        "reason_code": decision.reason_code,
+        "meaning": decision.meaning,
+        "signed_at": clock.iso(decision.signed_at),
+        "record_hash": decision.record_hash,
+    }
 
 
 def decide(

@@ -672,17 +672,7 @@ def decide_proposal(
         ) from exc
     except _ERRORS as exc:
         raise _problem(exc) from exc
-    access.entry.details = {
-        "decision_id": decision.id,
-        "kind": str(decision.kind),
-        "from_step": decision.from_step,
-        "proposed_step": decision.proposed_step,
-        "decided_step": decision.decided_step,
-        "reason_code": decision.reason_code,
-        "meaning": decision.meaning,
-        "signed_at": clock.iso(decision.signed_at),
-        "record_hash": decision.record_hash,
-    }
+    access.entry.details = service.decision_audit_details(decision)
     session.commit()
     return _decision(decision)
 
