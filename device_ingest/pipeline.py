@@ -144,19 +144,6 @@ class DeviceFacts:
     calibration_systolic: float
     calibration_diastolic: float
 
-    @classmethod
-    def of(cls, device: Device) -> DeviceFacts:
-        """The facts of a loaded device row."""
-        return cls(
-            id=device.id,
-            patient_id=device.patient_id,
-            device_class=device.device_class,
-            model=device.model,
-            firmware_version=device.firmware_version,
-            calibration_systolic=device.calibration_systolic,
-            calibration_diastolic=device.calibration_diastolic,
-        )
-
 
 _DEVICE_TABLE = Device.__table__  # type: ignore[attr-defined]
 _CURRENT_DEVICE = select(
