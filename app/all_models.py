@@ -6,8 +6,11 @@ import app.auth.models
 import app.patients.models
 import audit.models
 import device_ingest.models
+import loops.care.models
+import loops.messages.models
 import loops.models
 import loops.review.models
+import loops.visits.models
 import mlops.models
 import policies.models
 import validation.models

@@ -1,0 +1,1 @@
+"""Patient-clinician loop: shared goals and the versioned care plan."""

@@ -1,0 +1,1 @@
+"""Patient-clinician loop: threaded messages between a patient and their care team."""

@@ -1,0 +1,1 @@
+"""Patient-clinician loop: the visit cadence set by stability, and pre-visit summaries."""
