@@ -26,7 +26,10 @@ from app.portal import views as portal_views
 from audit import views as audit_views
 from device_ingest import views as device_views
 from loops import views as loop_views
+from loops.care import views as care_views
+from loops.messages import views as message_views
 from loops.review import views as review_views
+from loops.visits import views as visit_views
 from loops.worker import LoopWorker
 
 
@@ -70,6 +73,9 @@ ROUTERS = (
     loop_views.router,
     loop_views.fhir_router,
     review_views.router,
+    care_views.router,
+    visit_views.router,
+    message_views.router,
 )
 
 

@@ -28,8 +28,11 @@ from app.api.deps import (
 from app.auth import service as auth_service
 from app.auth.models import WebSession
 from app.patients import service as patients
+from app.portal import care as care  # each page module registers its pages on the router
 from app.portal import drafts
-from app.portal import pages as pages  # registers the review pages on the portal router
+from app.portal import messages as messages
+from app.portal import pages as pages
+from app.portal import visits as visits
 from app.portal.web import HERE, LOGIN_CSRF_COOKIE, login_page, safe_next, templates
 from app.portal.web import router as router  # the portal's router, listed in app.main
 from audit import service as audit
