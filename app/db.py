@@ -27,6 +27,7 @@ READONLY_OPTION = "clinaiops_readonly"
 # SQLite only makes INTEGER PRIMARY KEY an auto-incrementing rowid; PostgreSQL gets BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 WRITER_WAIT_SECONDS = 30.0
+SQLITE_CACHE_KIB = 32 * 1024  # per connection
 _HOLDS_WRITER = "clinaiops_holds_writer"
 
 
@@ -108,6 +109,9 @@ def _configure_sqlite(engine: Engine, synchronous: str, db_path: str | None) -> 
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute(f"PRAGMA synchronous={synchronous}")
+        # The readings' unique natural-key index takes inserts at random places (keys are
+        # SHA-256); SQLite's default 2 MiB page cache evicts it within a few batches.
+        cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -152,6 +156,8 @@ def make_engine(url: str, *, synchronous: str = "FULL", pool: bool = True) -> En
             connect_args={"check_same_thread": False, "timeout": 30},
             poolclass=None if pool else NullPool,
             json_serializer=_json_dumps,
+            # The most recently used connection first: its page cache is the warm one.
+            **({"pool_use_lifo": True} if pool else {}),
         )
         _configure_sqlite(
             engine, synchronous.upper(), path if path and path != ":memory:" else None
