@@ -185,7 +185,12 @@ class ThreadView:
     summary: ThreadSummary
     messages: list[ShownMessage]
     older_cursor: int | None
-    marked_read: int
+    marked: frozenset[int]  # ids of the messages this opening marked read
+
+    @property
+    def marked_read(self) -> int:
+        """How many messages this opening marked read."""
+        return len(self.marked)
 
 
 def _unread_of(side: SenderSide) -> ColumnElement[bool]:
@@ -347,7 +352,9 @@ def open_thread(
     to_mark = [
         s.message.id
         for s in shown
-        if s.message.sender_side == other_side(side) and s.message.read_at is None
+        if s.message.id is not None
+        and s.message.sender_side == other_side(side)
+        and s.message.read_at is None
     ]
     if to_mark:
         session.execute(
@@ -367,7 +374,7 @@ def open_thread(
         summary=found,
         messages=shown,
         older_cursor=shown[0].message.id if older and shown else None,
-        marked_read=len(to_mark),
+        marked=frozenset(to_mark),
     )
 
 
