@@ -16,6 +16,7 @@ from fhir.resources.R4B.careplan import CarePlan
 from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from app.core import clock
 from app.db import session_factory
@@ -127,8 +128,8 @@ def test_care_plan_when_goal_agreed_versions_with_the_agreeing_user(
     with session_factory(engine)() as s:
         entry = s.scalars(
             select(AuditEntry)
-            .where(AuditEntry.action == "care_plan.version", AuditEntry.patient_id == pid)
-            .order_by(AuditEntry.seq.desc())  # type: ignore[attr-defined]
+            .where(col(AuditEntry.action) == "care_plan.version", col(AuditEntry.patient_id) == pid)
+            .order_by(col(AuditEntry.seq).desc())
         ).first()
         assert entry is not None
         assert entry.actor_role == "patient"
@@ -211,7 +212,7 @@ def test_snapshot_all_when_run_versions_only_changed_plans(
     assert [(v.patient_id, v.version) for v in second] == [(world.patients["pb1"].id, 2)]
     with session_factory(engine)() as check:
         actors = check.scalars(
-            select(AuditEntry.actor).where(AuditEntry.action == "care_plan.version")
+            select(col(AuditEntry.actor)).where(col(AuditEntry.action) == "care_plan.version")
         ).all()
         assert set(actors) == {service.SYSTEM_ACTOR}
         assert len(actors) == len(world.patients) + 1
@@ -271,7 +272,7 @@ def test_first_version_when_two_reads_race_on_postgres_both_answer(
     assert results == [200] * 8
     with session_factory(engine)() as s:
         versions = s.scalars(
-            select(CarePlanVersion.version).where(CarePlanVersion.patient_id == pid)
+            select(col(CarePlanVersion.version)).where(col(CarePlanVersion.patient_id) == pid)
         ).all()
         assert list(versions) == [1]
 
