@@ -1,5 +1,7 @@
 """`clinaiops simulate`: a synthetic cohort sent day by day through the real ingest API, with
-the patient-AI loop evaluating between days (so delivered changes act on the physiology)."""
+the patient-AI loop evaluating between days (so delivered changes act on the physiology).
+Simulated symptom reports (`mlops.symptoms`) go through the loop's symptom service, the
+path the patient API takes: stored, audited, and handed to the loop for evaluation."""
 
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from app.auth.models import Role, User
+from app.core import clock
 from app.core.config import Settings
 from app.db import session_factory
 from app.main import create_app
 from app.patients import service as patients
 from app.patients.models import CareTeam, CareTeamMember, Patient, Sex
+from audit import service as audit
 from device_ingest import service as devices
 from device_ingest.models import DeviceClass
 from device_ingest.simulator import (
@@ -33,8 +37,9 @@ from device_ingest.simulator import (
 )
 from loops import service as loops
 from loops.dispatch import CHUNK, drain
-from loops.models import MedicationRegimen, RegimenStatus, TitrationLadder
+from loops.models import MedicationRegimen, RegimenStatus, SymptomReport, TitrationLadder
 from mlops import serving
+from mlops.symptoms import SimSymptomReport, day_reports
 from policies.envelope import default_rules
 
 FHIR = "application/fhir+json"
@@ -58,6 +63,7 @@ class SimulationReport:
     patients: int = 0
     days: int = 0
     posted: int = 0
+    symptom_reports: int = 0
     evaluations: int = 0
     status_counts: dict[int, int] = field(default_factory=dict)
 
@@ -206,6 +212,47 @@ def _post(
     return response.status_code
 
 
+SIMULATOR = "system:simulator"
+
+
+def _report_symptoms(
+    session: Session, reports: list[tuple[Enrolled, SimSymptomReport]], *, now: datetime
+) -> int:
+    """Store the day's simulated symptom reports as the patient API would (the loop is
+    handed each patient, the act audited with codes only); a report already stored by an
+    earlier run is skipped. Returns how many were stored. The caller commits."""
+    stored = 0
+    for person, sim in reports:
+        exists = session.scalars(
+            select(col(SymptomReport.id)).where(
+                col(SymptomReport.patient_id) == person.patient_id,
+                col(SymptomReport.reported_at) == sim.time,
+            )
+        ).first()
+        if exists is not None:
+            continue
+        report = loops.report_symptoms(
+            session,
+            patient_id=person.patient_id,
+            symptoms=sim.symptoms,
+            note=sim.note,
+            reported_at=sim.time,
+            now=now,
+        )
+        audit.record(
+            session,
+            actor=SIMULATOR,
+            actor_role="system",
+            action="symptom.report",
+            resource_type="symptom_report",
+            resource_id=str(report.id),
+            patient_id=person.patient_id,
+            details={"symptoms": list(report.symptoms), "count": len(report.symptoms)},
+        )
+        stored += 1
+    return stored
+
+
 def _step(session: Session, person: Enrolled) -> int:
     regimen = session.get(MedicationRegimen, person.regimen_id)
     return regimen.current_step if regimen is not None else person.sim.start_step
@@ -274,6 +321,15 @@ def run(
                     )
                     report.posted += 1
                     report.status_counts[code] = report.status_counts.get(code, 0) + 1
+            felt = day_reports(out, cohort.patients, seed=seed)
+            if felt:
+                with factory() as session:
+                    report.symptom_reports += _report_symptoms(
+                        session,
+                        [(p, felt[p.sim.pseudonym]) for p in people if p.sim.pseudonym in felt],
+                        now=clock.utcnow(),
+                    )
+                    session.commit()
             if evaluate:
                 end_of_day = datetime.combine(out.date + timedelta(days=1), time(), UTC)
                 done = drain(

@@ -20,7 +20,15 @@ from device_ingest.simulator import Cohort
 from loops.alerts import CuffReading, crisis
 from loops.protocol import decide
 from mlops.dataset import protocol_state, reading_point
-from mlops.features import DoseEvent, PatientFacts, ReadingPoint, RegimenFacts, compute_features
+from mlops.features import (
+    DoseEvent,
+    PatientFacts,
+    ReadingPoint,
+    RegimenFacts,
+    SymptomPoint,
+    compute_features,
+)
+from mlops.symptoms import day_reports
 from policies.envelope import TitrationAction, default_rules
 from policies.routing import Proposal, Route, route
 
@@ -67,6 +75,7 @@ def run_arm(
     auto_30: dict[str, deque[datetime]] = {p.pseudonym: deque() for p in cohort.patients}
     points = {p.pseudonym: deque[ReadingPoint]() for p in cohort.patients}
     doses = {p.pseudonym: deque[DoseEvent]() for p in cohort.patients}
+    symptoms = {p.pseudonym: deque[SymptomPoint]() for p in cohort.patients}
     cuff = {p.pseudonym: deque[CuffReading]() for p in cohort.patients}
     first_week: dict[str, list[float]] = {p.pseudonym: [] for p in cohort.patients}
     reviews = 0
@@ -86,9 +95,11 @@ def run_arm(
                     first_week[r.pseudonym].append(r.systolic)
         for e in out.medication_events():
             doses[e.pseudonym].append(DoseEvent(time=e.time, taken=e.taken))
+        for name, report in day_reports(out, cohort.patients, seed=seed).items():
+            symptoms[name].append(report.point())
         for patient in cohort.patients:
             name = patient.pseudonym
-            for q in (points[name], doses[name], cuff[name]):
+            for q in (points[name], doses[name], cuff[name], symptoms[name]):
                 while q and q[0].time < as_of - timedelta(days=22):
                     q.popleft()
             today = [r for r in cuff[name] if r.time >= as_of - timedelta(days=1)]
@@ -105,6 +116,7 @@ def run_arm(
             fv = compute_features(
                 readings=points[name],
                 doses=doses[name],
+                symptoms=symptoms[name],
                 patient=PatientFacts(
                     sex=patient.sex, diabetes=patient.diabetes, ckd=patient.ckd, age=patient.age
                 ),

@@ -1,5 +1,5 @@
-"""Drain the ingest hand-off (each patient with new readings, once per burst) and the daily
-run (every patient on an active regimen, in chunks)."""
+"""Drain the loop's hand-off (each patient with new readings or a symptom report, once per
+burst) and the daily run (every patient on an active regimen, in chunks)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ from sqlmodel import col
 from device_ingest.models import EvaluationRequest, OutboxStatus
 from loops.flows import Predictor, evaluate, evaluate_many
 from loops.models import MedicationRegimen, RegimenStatus
+from loops.service import SYMPTOM_EVALUATION
 
 log = logging.getLogger("clinaiops.loop")
 MAX_ATTEMPTS = 5
+NEW_READINGS = "new_readings"
+SYMPTOM_REPORT = SYMPTOM_EVALUATION
 # Patients per transaction in batched runs: one commit and one batched evaluation per chunk.
 # On SQLite a chunk's transaction holds the single writer slot while it runs (about 0.5 s for
 # 200 patients on a slow 2-core machine), so ingest requests wait that long at most.
@@ -58,6 +61,13 @@ def _claim(session: Session, patient_ids: list[str], now: datetime) -> list[Eval
         # Several replicas may drain at once: each request is taken by one of them.
         stmt = stmt.with_for_update(skip_locked=True)
     return list(session.scalars(stmt))
+
+
+def _trigger(claimed: list[EvaluationRequest], patient_id: str) -> str:
+    """What the evaluation answers: `symptom_report` when only symptom reports asked for
+    it, else `new_readings`."""
+    reasons = {r.reason for r in claimed if r.patient_id == patient_id}
+    return SYMPTOM_REPORT if reasons == {SYMPTOM_REPORT} else NEW_READINGS
 
 
 def _done(claimed: list[EvaluationRequest], now: datetime) -> None:
@@ -111,13 +121,12 @@ def _drain_chunk(
             claimed = _claim(session, patient_ids, now)
             mine = {request.patient_id for request in claimed}
             evaluated = [p for p in patient_ids if p in mine]  # others: another replica's
-            evaluate_many(
-                session,
-                patient_ids=evaluated,
-                trigger="new_readings",
-                now=as_of,
-                predictor=predictor(session),
-            )
+            by_trigger: dict[str, list[str]] = {}
+            for patient_id in evaluated:
+                by_trigger.setdefault(_trigger(claimed, patient_id), []).append(patient_id)
+            model = predictor(session)
+            for trigger, ids in by_trigger.items():
+                evaluate_many(session, patient_ids=ids, trigger=trigger, now=as_of, predictor=model)
             _done(claimed, now)
             session.commit()
         except Exception as exc:
@@ -144,7 +153,7 @@ def _drain_one(
             evaluate(
                 session,
                 patient_id=patient_id,
-                trigger="new_readings",
+                trigger=_trigger(claimed, patient_id),
                 now=as_of,
                 predictor=predictor(session),
             )

@@ -56,6 +56,7 @@ from mlops.features import (
     PatientFacts,
     ReadingPoint,
     RegimenFacts,
+    SymptomPoint,
     compute_features,
     feature_matrix,
 )
@@ -65,8 +66,6 @@ from policies.routing import Route, RoutingDecision, route
 
 # The longest feature window (14 days) plus the adherence lookback.
 HISTORY = timedelta(days=21)
-# The protocol's low-BP rule counts these symptoms only.
-HYPOTENSION_SYMPTOMS = frozenset({"dizziness", "fainting"})
 ACTIONS = (TitrationAction.DECREASE, TitrationAction.HOLD, TitrationAction.INCREASE)
 _DELTA = {TitrationAction.DECREASE: -1, TitrationAction.HOLD: 0, TitrationAction.INCREASE: 1}
 
@@ -133,7 +132,10 @@ class _History:
     doses: list[DoseEvent] = field(default_factory=list)
     alert_doses: list[rules.DoseEvent] = field(default_factory=list)
     cuff: list[rules.CuffReading] = field(default_factory=list)
+    # Hypotension symptom reports of the last 3 days, for the low-BP alert rule.
     symptoms: list[datetime] = field(default_factory=list)
+    # Every symptom report of the window, for the features.
+    reports: list[SymptomPoint] = field(default_factory=list)
 
 
 def _utc(value: datetime | str) -> datetime:
@@ -192,11 +194,14 @@ _DOSES = (
 )
 _SYMPTOMS = (
     select(
-        col(SymptomReport.patient_id), col(SymptomReport.reported_at), col(SymptomReport.symptoms)
+        col(SymptomReport.patient_id),
+        type_coerce(col(SymptomReport.reported_at), String),  # raw: converted by _utc
+        col(SymptomReport.symptoms),
     )
     .where(
         col(SymptomReport.patient_id).in_(_ids()),
         col(SymptomReport.reported_at) >= bindparam("since"),
+        col(SymptomReport.reported_at) <= bindparam("now"),
     )
     .order_by(col(SymptomReport.patient_id), col(SymptomReport.reported_at), col(SymptomReport.id))
 )
@@ -298,11 +303,14 @@ def _histories(session: Session, patient_ids: list[str], now: datetime) -> dict[
         when, history = _utc(raw), found[patient_id]
         history.doses.append(DoseEvent(time=when, taken=bool(taken)))
         history.alert_doses.append(rules.DoseEvent(when, bool(taken)))
-    reports = _rows(session, _SYMPTOMS, {"ids": patient_ids, "since": now - timedelta(days=3)})
-    for patient_id, when, reported in reports:
+    alert_since = now - timedelta(days=3)
+    for patient_id, raw, reported in _rows(session, _SYMPTOMS, window):
+        when, history = _utc(raw), found[patient_id]
+        point = SymptomPoint(time=when, symptoms=frozenset(reported or ()))
+        history.reports.append(point)
         # The protocol's low-BP rule counts hypotension symptoms only, not a cough or a note.
-        if set(reported or []) & HYPOTENSION_SYMPTOMS:
-            found[patient_id].symptoms.append(when)
+        if point.hypotensive and when >= alert_since:
+            history.symptoms.append(when)
     return found
 
 
@@ -559,6 +567,7 @@ def _features(
     return compute_features(
         readings=case.history.points,
         doses=case.history.doses,
+        symptoms=case.history.reports,
         patient=case.patient.facts,
         regimen=RegimenFacts(
             step=regimen.current_step,

@@ -22,6 +22,8 @@ MIN_DAYS_BETWEEN_CHANGES = 14
 MIN_ADHERENCE = 0.8
 LOW_MEAN_SBP_3D = 100.0
 LOW_SBP_WITH_SYMPTOMS = 90.0
+# The symptom reports the low-BP rule counts (a cough or a free-text note does not).
+HYPOTENSION_SYMPTOMS = frozenset({"dizziness", "fainting"})
 
 
 class Why(StrEnum):
@@ -46,7 +48,7 @@ class PatientState:
     mean_dbp_7d: float | None
     mean_sbp_3d: float | None
     min_sbp_3d: float | None
-    hypotension_symptoms: bool  # dizziness, fainting, falls reported in the last 3 days
+    hypotension_symptoms: bool  # dizziness or fainting reported in the last 3 days
     adherence_14d: float | None
     days_since_last_change: int | None
     step: int

@@ -1,9 +1,10 @@
-"""Regimens, ladders and safety-envelope versions."""
+"""Regimens, ladders and safety-envelope versions; the kill switch and alerts; symptom
+reports."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from itertools import pairwise
 from typing import Any, TypeVar
@@ -14,6 +15,7 @@ from sqlmodel import SQLModel, col
 
 from app.core import clock
 from app.db import new_id
+from device_ingest.models import EvaluationRequest, OutboxStatus
 from loops.alerts import AlertType, Finding, Severity, escalation_due
 from loops.models import (
     ALERT_TRANSITIONS,
@@ -21,6 +23,7 @@ from loops.models import (
     AlertStatus,
     MedicationRegimen,
     PatientNotice,
+    SymptomReport,
     SystemFlag,
     TitrationLadder,
 )
@@ -310,3 +313,81 @@ def notify(
     session.add(notice)
     session.flush()
     return notice
+
+
+# ------------------------------------------------------------------ symptom reports
+
+# The codes a patient may report; the protocol's low-BP rule counts dizziness and fainting.
+SYMPTOMS = ("dizziness", "headache", "swelling", "cough", "fatigue", "fainting", "other")
+# How far back a report may be dated (the feature windows reach 14 days), and how far ahead
+# a phone's clock may run.
+SYMPTOM_MAX_AGE = timedelta(days=14)
+SYMPTOM_CLOCK_SKEW = timedelta(minutes=5)
+SYMPTOM_EVALUATION = "symptom_report"  # the outbox reason, and the evaluation's trigger
+
+
+def symptom_time_problem(reported_at: datetime, *, now: datetime) -> str | None:
+    """Why a report cannot be dated `reported_at` (None: it can). Pure."""
+    if reported_at > now + SYMPTOM_CLOCK_SKEW:
+        return "must not be in the future"
+    if reported_at < now - SYMPTOM_MAX_AGE:
+        return f"must be within the last {SYMPTOM_MAX_AGE.days} days"
+    return None
+
+
+def report_symptoms(
+    session: Session,
+    *,
+    patient_id: str,
+    symptoms: Sequence[str],
+    note: str,
+    reported_at: datetime,
+    now: datetime,
+    proposal_id: str | None = None,
+) -> SymptomReport:
+    """Store a symptom report and hand the patient to the loop for an evaluation, through
+    the ingest's durable outbox (committed with the report, evaluated by the worker), so a
+    dizziness report with a low reading raises the low-BP alert without waiting for the
+    next reading. Symptom codes are checked; the note is stored verbatim."""
+    unknown = sorted(set(symptoms) - set(SYMPTOMS))
+    if unknown:
+        raise ValueError(f"unknown symptom codes: {unknown}")
+    report = SymptomReport(
+        patient_id=patient_id,
+        reported_at=reported_at,
+        symptoms=list(dict.fromkeys(symptoms)),  # each code once, in the order given
+        note=note,
+        proposal_id=proposal_id,
+    )
+    session.add(report)
+    session.add(
+        EvaluationRequest(
+            patient_id=patient_id,
+            reason=SYMPTOM_EVALUATION,
+            status=OutboxStatus.PENDING,
+            created_at=now,
+            available_at=now,
+        )
+    )
+    session.flush()
+    return report
+
+
+def symptom_reports(
+    session: Session, *, patient_id: str, first: date, last: date, limit: int = 200
+) -> list[SymptomReport]:
+    """The patient's reports dated on UTC days `first`..`last` (inclusive), newest first."""
+    start = datetime.combine(first, time(), UTC)
+    end = datetime.combine(last + timedelta(days=1), time(), UTC)
+    return list(
+        session.scalars(
+            select(SymptomReport)
+            .where(
+                col(SymptomReport.patient_id) == patient_id,
+                col(SymptomReport.reported_at) >= start,
+                col(SymptomReport.reported_at) < end,
+            )
+            .order_by(col(SymptomReport.reported_at).desc(), col(SymptomReport.id).desc())
+            .limit(limit)
+        )
+    )

@@ -1,14 +1,14 @@
-"""The patient-AI loop over HTTP: the patient's recommendations, alerts and trends; the kill
-switch; alert acknowledgement; proposals as FHIR MedicationRequest."""
+"""The patient-AI loop over HTTP: the patient's recommendations, alerts, trends and symptom
+reports; the kill switch; alert acknowledgement; proposals as FHIR MedicationRequest."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -33,7 +33,9 @@ from loops.review.models import Decision
 
 router = APIRouter(prefix="/api/v1", tags=["patient-ai loop"])
 fhir_router = APIRouter(prefix="/fhir/R4", tags=["fhir"])
-SYMPTOMS = ("dizziness", "headache", "swelling", "cough", "fatigue", "fainting", "other")
+SymptomCode = Literal["dizziness", "headache", "swelling", "cough", "fatigue", "fainting", "other"]
+SYMPTOMS: tuple[str, ...] = get_args(SymptomCode)
+assert SYMPTOMS == service.SYMPTOMS  # one list of codes: the API's and the service's
 # What a patient sees of each status: plain words, never internal codes.
 _PATIENT_STATUS = {
     ProposalStatus.DELIVERED: "recommended",
@@ -164,9 +166,7 @@ class RecommendationResponse(BaseModel):
     """The patient's answer to a recommendation, with any symptoms."""
 
     response: Literal["took_it", "declined"]
-    symptoms: list[
-        Literal["dizziness", "headache", "swelling", "cough", "fatigue", "fainting", "other"]
-    ] = Field(default_factory=list, max_length=7)
+    symptoms: list[SymptomCode] = Field(default_factory=list, max_length=len(SYMPTOMS))
     note: str = Field(default="", max_length=2000)
 
 
@@ -201,19 +201,143 @@ def respond(
     proposal.patient_response, proposal.responded_at = body.response, now
     session.add(proposal)
     if body.symptoms or body.note:
-        session.add(
-            SymptomReport(
-                patient_id=proposal.patient_id,
-                reported_at=now,
-                symptoms=list(body.symptoms),
-                note=body.note,
-                proposal_id=proposal.id,
-            )
+        # The same path as a report on its own: stored, and the patient evaluated again.
+        service.report_symptoms(
+            session,
+            patient_id=proposal.patient_id,
+            symptoms=body.symptoms,
+            note=body.note,
+            reported_at=now,
+            now=now,
+            proposal_id=proposal.id,
         )
     access.entry.resource_type, access.entry.resource_id = "proposal", proposal.id
     access.entry.details = {"response": body.response, "symptoms": list(body.symptoms)}
     session.commit()
     return _recommendation(session, proposal, decisions_for(session, [proposal]).get(proposal.id))
+
+
+class SymptomReportIn(BaseModel):
+    """Symptoms the patient reports from the app: codes, a note, or both."""
+
+    # An unknown field is refused, not dropped: clinical information must not vanish.
+    model_config = ConfigDict(extra="forbid")
+
+    symptoms: list[SymptomCode] = Field(default_factory=list, max_length=len(SYMPTOMS))
+    note: str = Field(default="", max_length=2000)
+    reported_at: AwareDatetime | None = None  # when the symptoms were felt; default now
+
+
+class SymptomReportRead(BaseModel):
+    """A stored symptom report."""
+
+    id: int
+    reported_at: datetime
+    symptoms: list[str]
+    note: str
+    proposal_id: str | None
+
+
+def _symptom_report(r: SymptomReport) -> SymptomReportRead:
+    return SymptomReportRead(
+        id=r.id or 0,
+        reported_at=r.reported_at,
+        symptoms=list(r.symptoms),
+        note=r.note,
+        proposal_id=r.proposal_id,
+    )
+
+
+def _invalid(code: str, path: str, message: str) -> ProblemError:
+    return ProblemError(
+        422,
+        code,
+        f"{path.rsplit('/', 1)[-1]} {message}",
+        extra={"errors": [{"path": path, "message": message, "type": code}]},
+    )
+
+
+@router.post("/me/symptoms", response_model=SymptomReportRead, status_code=201)
+def report_symptoms(
+    body: SymptomReportIn,
+    session: SessionDep,
+    access: Annotated[
+        Access,
+        require("symptom", "report", patient_from=_own_patient, audit_as="symptom.report"),
+    ],
+) -> SymptomReportRead:
+    """Record the patient's symptoms and have the loop evaluate them (the low-BP alert)."""
+    assert access.patient_id is not None
+    if not body.symptoms and not body.note.strip():
+        raise _invalid(
+            "symptom_required", "body/symptoms", "must name a symptom unless a note is written"
+        )
+    now = clock.utcnow()
+    reported_at = (body.reported_at or now).astimezone(UTC)
+    problem = service.symptom_time_problem(reported_at, now=now)
+    if problem is not None:
+        raise _invalid("invalid_reported_at", "body/reported_at", problem)
+    report = service.report_symptoms(
+        session,
+        patient_id=access.patient_id,
+        symptoms=body.symptoms,
+        note=body.note,
+        reported_at=reported_at,
+        now=now,
+    )
+    access.entry.resource_type, access.entry.resource_id = "symptom_report", str(report.id)
+    # Codes and a count only: the note is the patient's own words and never leaves the row.
+    access.entry.details = {"symptoms": list(report.symptoms), "count": len(report.symptoms)}
+    session.commit()
+    return _symptom_report(report)
+
+
+def _symptom_listing(
+    session: Session,
+    access: Access,
+    patient_id: str,
+    from_: date | None,
+    to: date | None,
+    limit: int,
+) -> list[SymptomReportRead]:
+    _, first, last = summary_window(from_, to, "UTC")
+    rows = service.symptom_reports(
+        session, patient_id=patient_id, first=first, last=last, limit=limit
+    )
+    access.entry.details = {"from": first.isoformat(), "to": last.isoformat(), "count": len(rows)}
+    session.commit()
+    return [_symptom_report(r) for r in rows]
+
+
+@router.get("/me/symptoms", response_model=list[SymptomReportRead])
+def my_symptoms(
+    session: SessionDep,
+    access: Annotated[
+        Access, require("symptom", "read", patient_from=_own_patient, audit_as="symptom.read")
+    ],
+    from_: Annotated[date | None, Query(alias="from")] = None,
+    to: Annotated[date | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 200,
+) -> list[SymptomReportRead]:
+    """The patient's own symptom reports on UTC days from..to (default the last 30), newest
+    first."""
+    assert access.patient_id is not None
+    return _symptom_listing(session, access, access.patient_id, from_, to, limit)
+
+
+@router.get("/patients/{patient_id}/symptoms", response_model=list[SymptomReportRead])
+def patient_symptoms(
+    patient_id: Annotated[str, Path(max_length=36)],
+    session: SessionDep,
+    access: Annotated[
+        Access, require("symptom", "read", patient_param="patient_id", audit_as="symptom.read")
+    ],
+    from_: Annotated[date | None, Query(alias="from")] = None,
+    to: Annotated[date | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 200,
+) -> list[SymptomReportRead]:
+    """A patient's symptom reports, notes included, newest first (care team)."""
+    return _symptom_listing(session, access, patient_id, from_, to, limit)
 
 
 class AlertRead(BaseModel):

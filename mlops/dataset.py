@@ -2,7 +2,9 @@
 
 Features come from the same module serving uses (mlops.features), so what the model learns
 from is computed exactly as what it will see. Patients follow the protocol's decisions as the
-simulation runs, so the labels cover recent changes and top-of-ladder cases too.
+simulation runs, so the labels cover recent changes and top-of-ladder cases too. Simulated
+symptom reports (`mlops.symptoms`) feed both the symptom features and the protocol's
+"low SBP with symptoms" rule, read from the same feature (`hypotension_symptoms_3d`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from mlops.features import (
     PatientFacts,
     ReadingPoint,
     RegimenFacts,
+    SymptomPoint,
     compute_features,
 )
+from mlops.symptoms import SYMPTOM_MODEL_VERSION, day_reports
 from policies.envelope import TitrationAction
 
 ACTIONS = (TitrationAction.DECREASE, TitrationAction.HOLD, TitrationAction.INCREASE)
@@ -88,7 +92,7 @@ def protocol_state(features: FeatureVector, patient: SimPatient, step: int) -> P
         mean_dbp_7d=known("cuff_dbp_mean_7d"),
         mean_sbp_3d=known("cuff_sbp_mean_3d"),
         min_sbp_3d=known("cuff_sbp_min_3d"),
-        hypotension_symptoms=False,
+        hypotension_symptoms=f["hypotension_symptoms_3d"] >= 0.5,
         adherence_14d=features.adherence_14d,
         days_since_last_change=features.days_since_last_change,
         step=step,
@@ -130,6 +134,7 @@ def build(
     changed: dict[str, datetime | None] = {p.pseudonym: None for p in cohort.patients}
     readings: dict[str, deque[ReadingPoint]] = {p.pseudonym: deque() for p in cohort.patients}
     doses: dict[str, deque[DoseEvent]] = {p.pseudonym: deque() for p in cohort.patients}
+    symptoms: dict[str, deque[SymptomPoint]] = {p.pseudonym: deque() for p in cohort.patients}
     rows: list[np.ndarray] = []
     labels: list[int] = []
     groups: list[str] = []
@@ -140,15 +145,18 @@ def build(
             readings[reading.pseudonym].append(reading_point(reading))
         for event in out.medication_events():
             doses[event.pseudonym].append(DoseEvent(time=event.time, taken=event.taken))
+        for name, report in day_reports(out, cohort.patients, seed=seed).items():
+            symptoms[name].append(report.point())
         if day < 14 or day % every:
             continue
         as_of = datetime.combine(out.date + timedelta(days=1), time(), UTC)
         for patient in cohort.patients:
             name = patient.pseudonym
-            _trim(readings[name], doses[name], as_of - _WINDOW)
+            _trim(readings[name], doses[name], symptoms[name], as_of - _WINDOW)
             fv = compute_features(
                 readings=readings[name],
                 doses=doses[name],
+                symptoms=symptoms[name],
                 patient=PatientFacts(
                     sex=patient.sex, diabetes=patient.diabetes, ckd=patient.ckd, age=patient.age
                 ),
@@ -174,6 +182,7 @@ def build(
         "every": every,
         "scenario": repr(scenario),
         "overtreated_share": overtreated_share,
+        "symptoms": SYMPTOM_MODEL_VERSION,
     }
     return TrainingSet(
         np.vstack(rows) if rows else np.empty((0, len(FEATURE_NAMES))),
@@ -185,11 +194,15 @@ def build(
     )
 
 
-def _trim(readings: deque[ReadingPoint], doses: deque[DoseEvent], before: datetime) -> None:
-    while readings and readings[0].time < before:
-        readings.popleft()
-    while doses and doses[0].time < before:
-        doses.popleft()
+def _trim(
+    readings: deque[ReadingPoint],
+    doses: deque[DoseEvent],
+    symptoms: deque[SymptomPoint],
+    before: datetime,
+) -> None:
+    for queue in (readings, doses, symptoms):
+        while queue and queue[0].time < before:
+            queue.popleft()
 
 
 def split_by_patient(

@@ -208,6 +208,25 @@ FEATURES: Final[Mapping[str, FeatureInfo]] = {
     "steps_daily_mean_7d": _STEPS,
     "steps_mean_7d": _STEPS,
     "adherence_14d": FeatureInfo("adherence", _percent, _adherence),
+    "hypotension_symptoms_3d": FeatureInfo(
+        "dizziness or fainting reported in 3 days",
+        _flag,
+        lambda v: (
+            "you reported feeling dizzy or faint in the last three days"
+            if v >= 0.5
+            else "you have not reported feeling dizzy or faint in the last three days"
+        ),
+    ),
+    "symptom_reports_14d": FeatureInfo(
+        "symptom reports in 14 days",
+        _count,
+        lambda v: (
+            "you have not reported any symptoms in the last two weeks"
+            if v < 0.5
+            else f"you reported symptoms {v:.0f} time{'s' if round(v) != 1 else ''} "
+            "in the last two weeks"
+        ),
+    ),
     "ladder_position": FeatureInfo(
         "dose-ladder position",
         _ladder,

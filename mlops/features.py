@@ -10,7 +10,8 @@ and the 6 days before it, so "readings on 4 of the last 7 days" has exactly 7 da
 as `loops.protocol.sufficient` expects. Quarantined readings and descriptive statistics
 (OMH `descriptive_statistic`: a summary, not a measurement) never count. Only validated-cuff
 blood pressure feeds the blood-pressure features (2025 AHA/ACC: no cuffless BP for
-management); cuffless systolic appears only as its own trend features.
+management); cuffless systolic appears only as its own trend features. Symptom reports
+(patient-reported outcomes) count in the same local-day windows.
 
 Missing values, one rule: a feature that cannot be computed from the data in its window is
 NaN, never imputed here, and each such feature `x` has an indicator `x_missing` (1.0 when
@@ -33,12 +34,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from device_ingest.formats import ReadingKind
-from loops.protocol import sufficient, target
+from loops.protocol import HYPOTENSION_SYMPTOMS, sufficient, target
 from policies.routing import Evidence
 
 # Bump when any definition below changes meaning: it is part of the hash, so an evaluation
 # recorded under one definition never matches a vector computed under another.
-FEATURE_SET_VERSION: Final = "clinaiops-features/1"
+FEATURE_SET_VERSION: Final = "clinaiops-features/2"
 
 VALIDATED_CUFF: Final = "validated_cuff"
 CUFFLESS_WEARABLE: Final = "cuffless_wearable"
@@ -79,6 +80,9 @@ _BASE_DOCS: Final[dict[str, str]] = {
     "steps_daily_mean_7d": "steps summed per local day, averaged over the days of the last 7 "
     "that have step data (a count belongs to the day its interval starts)",
     "adherence_14d": "share of dose events reported in the last 14 days that were taken",
+    "hypotension_symptoms_3d": "1 when a symptom report of the last 3 days names dizziness or "
+    "fainting (the protocol's low-BP symptoms), else 0",
+    "symptom_reports_14d": "symptom reports in the last 14 days (any symptom, or a note only)",
     "ladder_position": "step / (ladder_steps - 1); 0 on a single-step ladder",
     "days_since_change": f"whole days since the last dose change, capped at "
     f"{DAYS_SINCE_CHANGE_CAP}; the cap when never changed",
@@ -174,6 +178,22 @@ class DoseEvent:
 
     def __post_init__(self) -> None:
         _require_aware(self.time, "dose time")
+
+
+@dataclass(frozen=True, slots=True)
+class SymptomPoint:
+    """One symptom report: when the patient felt it, and the symptom codes it names."""
+
+    time: datetime  # aware
+    symptoms: frozenset[str] = frozenset()  # codes; empty for a note-only report
+
+    def __post_init__(self) -> None:
+        _require_aware(self.time, "symptom report time")
+
+    @property
+    def hypotensive(self) -> bool:
+        """True when it names a symptom the protocol's low-BP rule counts."""
+        return not self.symptoms.isdisjoint(HYPOTENSION_SYMPTOMS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,12 +360,16 @@ def compute_features(
     *,
     readings: Iterable[ReadingPoint],
     doses: Iterable[DoseEvent],
+    symptoms: Iterable[SymptomPoint],
     patient: PatientFacts,
     regimen: RegimenFacts,
     as_of: datetime,
     tz: str = "UTC",
 ) -> FeatureVector:
-    """The feature vector as of `as_of`, from history strictly before it, days in `tz`."""
+    """The feature vector as of `as_of`, from history strictly before it, days in `tz`.
+
+    `symptoms` is required, never defaulted: a caller that forgot the symptom reports would
+    silently compute another feature set than training did."""
     _require_aware(as_of, "as_of")
     zone = ZoneInfo(tz)
     today = as_of.astimezone(zone).date()
@@ -386,6 +410,7 @@ def compute_features(
     )
     f.update(_activity_features(usable))
     f["adherence_14d"] = _adherence(doses, as_of, zone, today)
+    f.update(_symptom_features(symptoms, as_of, zone, today))
     days_since = _days_since_change(regimen, as_of)
     f.update(_regimen_features(regimen, days_since))
     f.update(_patient_features(patient, today))
@@ -458,6 +483,22 @@ def _adherence(doses: Iterable[DoseEvent], as_of: datetime, zone: ZoneInfo, toda
         if d.time < as_of and (today - d.time.astimezone(zone).date()).days < 14
     ]
     return mean([1.0 if taken else 0.0 for taken in window])
+
+
+def _symptom_features(
+    symptoms: Iterable[SymptomPoint], as_of: datetime, zone: ZoneInfo, today: date
+) -> dict[str, float]:
+    # No report is "nothing reported" (0), not missing: absence is what most days look like.
+    days_back = [
+        ((today - s.time.astimezone(zone).date()).days, s) for s in symptoms if s.time < as_of
+    ]
+    recent = [s for back, s in days_back if back < 14]
+    return {
+        "hypotension_symptoms_3d": 1.0
+        if any(s.hypotensive for back, s in days_back if back < 3)
+        else 0.0,
+        "symptom_reports_14d": float(len(recent)),
+    }
 
 
 def _days_since_change(regimen: RegimenFacts, as_of: datetime) -> int | None:

@@ -1,4 +1,5 @@
-"""The production model as the loop uses it: loaded by hash, explained, failing safe."""
+"""The production model as the loop uses it: loaded by hash, checked against this code's
+feature set, explained, failing safe."""
 
 from __future__ import annotations
 
@@ -14,9 +15,28 @@ from sqlalchemy.orm import Session
 from loops.flows import Explanation
 from mlops import registry
 from mlops.explain import describe, shap_matrix, top_factors
-from mlops.features import FeatureVector
+from mlops.features import FEATURE_NAMES, FEATURE_SET_VERSION, FeatureVector
 from mlops.model import ArtifactError, TitrationModel
 from policies.envelope import TitrationAction
+
+# Where a trained model records the feature set it was trained on (artifact metadata).
+FEATURE_SET_KEY = "feature_set"
+
+
+def feature_set_problem(model: TitrationModel) -> str | None:
+    """Why serving must not use a model with this code's features, or None if it may.
+
+    A model scores a vector by position: trained on another feature set (a feature added,
+    removed, reordered or redefined), it would read every value as something else and still
+    return confident probabilities. So the artifact must name this code's feature-set
+    version and exactly its feature names."""
+    trained_on = model.metadata.get(FEATURE_SET_KEY)
+    if trained_on != FEATURE_SET_VERSION:
+        return f"trained on feature set {trained_on or 'unrecorded'}, serving {FEATURE_SET_VERSION}"
+    if model.feature_names != FEATURE_NAMES:
+        return "feature names differ from this code's"
+    return None
+
 
 log = logging.getLogger("clinaiops.serving")
 
@@ -73,7 +93,8 @@ def production(session: Session) -> ServedModel | None:
     """The production titration model, or None when none is usable.
 
     None makes every evaluation stop before a proposal (outcome `model_unavailable`), so a
-    missing or tampered artifact degrades to clinicians deciding, never to a bad proposal.
+    missing or tampered artifact, or one trained on another feature set, degrades to
+    clinicians deciding, never to a bad proposal.
     """
     version = registry.production(session)
     if version is None:
@@ -85,6 +106,10 @@ def production(session: Session) -> ServedModel | None:
                 model = TitrationModel.load(Path(version.artifact_path), version.artifact_sha256)
             except (ArtifactError, OSError) as exc:
                 log.error("model %s unusable: %s", registry.label(version), type(exc).__name__)
+                return None
+            problem = feature_set_problem(model)
+            if problem is not None:
+                log.error("model %s refused: %s", registry.label(version), problem)
                 return None
             served = ServedModel(registry.label(version), model)
             _cache[version.artifact_sha256] = served

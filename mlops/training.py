@@ -8,8 +8,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from mlops import dataset, registry
+from mlops import dataset, registry, serving
 from mlops.dp import train_baseline, train_dp, train_sklearn_baseline
+from mlops.features import FEATURE_SET_VERSION
 from mlops.model import evaluate
 from mlops.models import ModelStatus, ModelVersion
 
@@ -68,6 +69,8 @@ def train_initial(
     X_cal, y_cal = data.X[train][cal], data.y[train][cal]
     for result in (private, baseline, sklearn):
         result.model.calibrate(X_cal, y_cal)
+        # Serving refuses a model whose artifact does not name this feature set.
+        result.model.metadata[serving.FEATURE_SET_KEY] = FEATURE_SET_VERSION
     metrics: dict[str, Any] = {
         "holdout_rows": int(held.sum()),
         "train_rows": int(fit.sum()),
@@ -93,7 +96,12 @@ def train_initial(
         artifact_sha256=sha,
         data_hash=data.data_hash,
         feature_names=data.feature_names,
-        params={**data.params, "training": config.__dict__, "labels": "protocol v1"},
+        params={
+            **data.params,
+            "training": config.__dict__,
+            "labels": "protocol v1",
+            "feature_set": FEATURE_SET_VERSION,
+        },
         metrics=metrics,
         privacy=privacy,
         created_by=created_by,

@@ -95,6 +95,7 @@ def current_state(session: Session, *, patient_id: str, now: datetime) -> Curren
     features = compute_features(
         readings=history.points,
         doses=history.doses,
+        symptoms=history.reports,
         patient=patient.facts,
         regimen=RegimenFacts(
             step=regimen.current_step,

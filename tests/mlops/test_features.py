@@ -21,6 +21,7 @@ from mlops.features import (
     PatientFacts,
     ReadingPoint,
     RegimenFacts,
+    SymptomPoint,
     compute_features,
     feature_matrix,
 )
@@ -81,19 +82,31 @@ DOSES = [DoseEvent(at(k, 8), taken=k not in {2, 5}) for k in range(10)] + [
     DoseEvent(at(9, 23), taken=False),  # after as_of
 ]
 HISTORY = CUFF + CUFFLESS + ACTIVITY
+# Two symptom reports (tests/mlops/test_symptoms.py covers the symptom features in detail).
+REPORTS = [
+    SymptomPoint(at(8, 19), frozenset({"dizziness"})),
+    SymptomPoint(at(2, 10), frozenset({"cough"})),
+]
 
 
 def features(
     readings: list[ReadingPoint] = HISTORY,
     *,
     doses: list[DoseEvent] = DOSES,
+    symptoms: list[SymptomPoint] = REPORTS,
     patient: PatientFacts = PATIENT,
     regimen: RegimenFacts = REGIMEN,
     as_of: datetime = AS_OF,
     tz: str = "America/New_York",
 ) -> FeatureVector:
     return compute_features(
-        readings=readings, doses=doses, patient=patient, regimen=regimen, as_of=as_of, tz=tz
+        readings=readings,
+        doses=doses,
+        symptoms=symptoms,
+        patient=patient,
+        regimen=regimen,
+        as_of=as_of,
+        tz=tz,
     )
 
 
@@ -380,6 +393,8 @@ PINNED_NAMES = (
     "heart_rate_mean_7d",
     "steps_daily_mean_7d",
     "adherence_14d",
+    "hypotension_symptoms_3d",
+    "symptom_reports_14d",
     "ladder_position",
     "days_since_change",
     "never_changed",
@@ -393,6 +408,8 @@ PINNED_NAMES = (
 
 def test_keep_feature_order_stable() -> None:
     always_defined = {
+        "hypotension_symptoms_3d",
+        "symptom_reports_14d",
         "cuff_readings_7d",
         "cuff_days_7d",
         "ladder_position",
@@ -442,7 +459,7 @@ def test_hash_stays_stable_across_runs() -> None:
     assert features().hash() == PINNED_HASH
 
 
-PINNED_HASH = "c69f7f1d0339f43734cc8ab8c2e5d1b0bafacb7d4ea2f43119ab11c5117d4440"
+PINNED_HASH = "8b75c3d5b74ce0cc1fcc0e3bb8bd91ed8db576e4f317c9628aad126d1c3053fe"
 
 
 def test_hash_changes_with_any_value() -> None:
