@@ -1,4 +1,6 @@
-"""The in-process loop worker: drains the ingest hand-off and escalates overdue alerts."""
+"""The in-process loop worker: drains the ingest hand-off, escalates overdue alerts, pulls a
+patient's next visit forward when a crisis or low-BP alert is open, and runs the daily jobs
+(evaluation, visit cadence) under job leases."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from loops.alerts import CRISIS_LOOKBACK, AlertType
 from loops.dispatch import DrainReport, drain, evaluate_all
 from loops.flows import evaluate
 from loops.models import Alert, AlertStatus, PatientNotice
+from loops.visits import service as visits
 from mlops import serving
 from validation import service as jobs
 from validation.models import JobStatus
@@ -114,9 +117,112 @@ def run_daily_if_due(
     return report
 
 
+VISIT_JOB = "visit_cadence"
+VISIT_CHUNK = 200  # patients per transaction of the daily visit recompute
+
+
+def recompute_visits(
+    factory: sessionmaker[Session], *, now: datetime, chunk: int = VISIT_CHUNK
+) -> dict[str, int]:
+    """Recompute every patient's due visit, a chunk of patients per transaction, each chunk
+    audited as one system act with its counts."""
+    with factory() as session:
+        patient_ids = visits.all_patient_ids(session)
+        session.rollback()
+    totals = {"patients": 0, "created": 0, "updated": 0, "unchanged": 0}
+    for start in range(0, len(patient_ids), chunk):
+        with factory() as session:
+            done = visits.counts(
+                visits.recompute_many(
+                    session, patient_ids=patient_ids[start : start + chunk], now=now
+                )
+            )
+            audit.record(
+                session,
+                actor="system:scheduler",
+                actor_role="system",
+                action="visit.recompute",
+                resource_type="visit",
+                details={"trigger": "daily", **done},
+            )
+            session.commit()
+        for key, n in done.items():
+            totals[key] += n
+    return totals
+
+
+def run_visit_cadence_if_due(
+    factory: sessionmaker[Session],
+    *,
+    now: datetime,
+    hour: int,
+    lease: timedelta,
+    holder: str,
+) -> dict[str, int] | None:
+    """The daily visit recompute, once per UTC day from `hour` on, by whichever replica
+    claims the day's job lease; None when it is not due or another replica has it."""
+    if now.hour < hour:
+        return None
+    with factory() as session:
+        run = jobs.claim(
+            session,
+            job=VISIT_JOB,
+            period=now.date().isoformat(),
+            holder=holder,
+            now=now,
+            lease=lease,
+        )
+    if run is None:
+        return None
+    status = JobStatus.FAILED
+    details: dict[str, Any] = {}
+    totals = None
+    try:
+        totals = recompute_visits(factory, now=now)
+        status, details = JobStatus.SUCCEEDED, dict(totals)
+    except Exception as exc:
+        details = {"error": type(exc).__name__}
+        raise
+    finally:
+        with factory() as session:
+            jobs.finish(
+                session, run=session.merge(run), status=status, now=clock.utcnow(), details=details
+            )
+            session.commit()
+    return totals
+
+
+def pull_forward_urgent(factory: sessionmaker[Session], *, now: datetime) -> list[str]:
+    """Recompute the visit of each patient with an open crisis or low-BP alert whose review
+    is not yet due within 48 hours of the alert (whoever raised it: an evaluation, the daily
+    run, a re-measure check), so the visit follows the alert within one worker pass."""
+    with factory() as session:
+        patient_ids = visits.urgent_not_scheduled(session, now=now)
+        for patient_id in patient_ids:
+            done = visits.recompute(session, patient_id=patient_id, now=now)
+            audit.record(
+                session,
+                actor="system:loop",
+                actor_role="system",
+                action="visit.recompute",
+                resource_type="visit",
+                resource_id=done.visit.id,
+                patient_id=patient_id,
+                details={
+                    "trigger": "urgent_alert",
+                    "kind": done.visit.kind,
+                    "due_by": clock.iso(done.visit.due_by),
+                    "reasons": list(done.visit.reasons),
+                },
+            )
+        session.commit()
+    return patient_ids
+
+
 class LoopWorker:
     """A daemon thread that evaluates patients with new readings every `interval` seconds,
-    and everyone once a day from `daily_hour` (UTC).
+    and everyone once a day from `daily_hour` (UTC); it recomputes every patient's next visit
+    once a day from `visit_hour` (UTC; None: off).
 
     Several server processes may each run one: on PostgreSQL the outbox rows are claimed
     with SKIP LOCKED, so each hand-off is evaluated once; the daily run is claimed through a
@@ -131,6 +237,7 @@ class LoopWorker:
         debounce: timedelta,
         daily_hour: int | None = None,
         daily_lease: timedelta = timedelta(hours=2),
+        visit_hour: int | None = None,
     ) -> None:
         self.factory = factory
         self.interval = interval
@@ -138,7 +245,9 @@ class LoopWorker:
         self.daily_hour = daily_hour
         self.daily_lease = daily_lease
         self.holder = jobs.holder_name()
+        self.visit_hour = visit_hour
         self._next_daily_check: datetime | None = None
+        self._next_visit_check: datetime | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="clinaiops-loop", daemon=True)
 
@@ -175,14 +284,17 @@ class LoopWorker:
                     },
                 )
             session.commit()
-        if report.evaluated or report.failed or escalated:
+        pulled = pull_forward_urgent(self.factory, now=now)
+        if report.evaluated or report.failed or escalated or pulled:
             log.info(
-                "loop pass: %d evaluated, %d failed, %d escalated",
+                "loop pass: %d evaluated, %d failed, %d escalated, %d visits pulled forward",
                 len(report.evaluated),
                 len(report.failed),
                 len(escalated),
+                len(pulled),
             )
         self.daily(now)
+        self.visit_cadence(now)
 
     def daily(self, now: datetime) -> None:
         """Run the daily evaluation if it is due and no other replica has it."""
@@ -197,6 +309,21 @@ class LoopWorker:
         if report is not None:
             log.info(
                 "daily run: %d evaluated, %d failed", len(report.evaluated), len(report.failed)
+            )
+
+    def visit_cadence(self, now: datetime) -> None:
+        """Run the daily visit recompute if it is due and no other replica has it."""
+        if self.visit_hour is None:
+            return
+        if self._next_visit_check is not None and now < self._next_visit_check:
+            return
+        self._next_visit_check = now + DAILY_RECHECK
+        totals = run_visit_cadence_if_due(
+            self.factory, now=now, hour=self.visit_hour, lease=self.daily_lease, holder=self.holder
+        )
+        if totals is not None:
+            log.info(
+                "visit cadence: %d patients, %d changed", totals["patients"], totals["updated"]
             )
 
     def _run(self) -> None:

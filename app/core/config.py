@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # --daily` from cron instead). The lease lapses after `daily_run_lease_minutes`.
     daily_evaluation_hour_utc: Annotated[int | None, Field(ge=0, le=23)] = 6
     daily_run_lease_minutes: Annotated[int, Field(ge=1, le=1440)] = 120
+    # The daily recompute of every patient's next visit (the cadence rule): from this UTC hour
+    # on, once a day, by one replica (a job lease); None turns it off (run `clinaiops visits
+    # recompute` from cron instead). Urgent alerts pull a visit forward at any hour.
+    visit_cadence_hour_utc: Annotated[int | None, Field(ge=0, le=23)] = 5
     # Clinician review: a claim locks a proposal for one clinician this long (then lapses),
     # and a queued proposal should be decided within this many hours (the queue's target).
     review_claim_minutes: Annotated[int, Field(ge=1, le=240)] = 10

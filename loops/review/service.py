@@ -53,6 +53,7 @@ from loops.review.models import (
     ReviewClaim,
 )
 from loops.review.signing import sign, verify_signature
+from loops.visits.models import Visit, VisitStatus
 from mlops.features import FEATURE_DOCS
 from policies.envelope import EnvelopeRules, TitrationAction
 from policies.envelope_templates import envelope_template as _template
@@ -103,9 +104,6 @@ UserLike = User | Principal
 _CLAIM_MINUTES: int = Settings.model_fields["review_claim_minutes"].default
 _TARGET_HOURS: int = Settings.model_fields["review_target_hours"].default
 CHART_WINDOW = timedelta(days=30)
-# With no proposal waiting, the next review is due this long after the last decision (the
-# patient-clinician loop's visit cadence replaces this later).
-REVIEW_INTERVAL = timedelta(days=90)
 MAX_REASON_TEXT = 2000
 
 
@@ -1248,6 +1246,10 @@ class PanelRow:
     pending_proposals: int
     next_review_due: datetime | None
     review_overdue: bool
+    # The patient's due visit (the visit cadence, or a clinician's override); None if none.
+    next_visit_due: datetime | None = None
+    next_visit_kind: str | None = None
+    next_visit_overridden: bool = False
 
 
 LAST_READING_LOOKBACK = timedelta(days=90)
@@ -1339,12 +1341,12 @@ def panel(
             .group_by(col(Proposal.patient_id))
         )
     }
-    last_decision = {
-        pid: when
-        for pid, when in session.execute(
-            select(col(Decision.patient_id), func.max(col(Decision.signed_at)))
-            .where(col(Decision.patient_id).in_(scope))
-            .group_by(col(Decision.patient_id))
+    visits = {
+        v.patient_id: v
+        for v in session.scalars(
+            select(Visit).where(
+                col(Visit.patient_id).in_(scope), col(Visit.status) == VisitStatus.DUE
+            )
         )
     }
     target = _target(settings)
@@ -1359,14 +1361,11 @@ def panel(
         else:
             control = ControlStatus.UNCONTROLLED
         count, oldest = pending.get(patient.id, (0, None))
-        decided = last_decision.get(patient.id)
-        due = (
-            _aware(oldest) + target
-            if oldest is not None
-            else _aware(decided) + REVIEW_INTERVAL
-            if decided is not None
-            else None
-        )
+        visit = visits.get(patient.id)
+        visit_due = _aware(visit.due_by) if visit is not None else None
+        # A proposal waiting for review is due within the review target; otherwise the next
+        # review is the patient's due visit (loops/visits: cadence rule or override).
+        due = _aware(oldest) + target if oldest is not None else visit_due
         kinds = alerts.get(patient.id, [])
         row = PanelRow(
             patient=patient,
@@ -1383,6 +1382,9 @@ def panel(
             pending_proposals=count,
             next_review_due=due,
             review_overdue=due is not None and due < now,
+            next_visit_due=visit_due,
+            next_visit_kind=visit.kind if visit is not None else None,
+            next_visit_overridden=visit is not None and visit.override_due_by is not None,
         )
         if _matches(row, wanted):
             rows.append(row)
