@@ -6,7 +6,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from app.patients.models import Sex
 from device_ingest import service as devices
 from device_ingest.models import DeviceClass
 from loops import service as loops
+from loops.messages import service as messages
+from loops.messages.models import SenderSide
 from policies.envelope import default_rules
 
 DEMO_SEED = 20261123
@@ -153,6 +155,7 @@ def seed_demo(session: Session, *, settings: Settings, n_patients: int = 12) -> 
     for team, clinician in zip(teams, clinicians, strict=True):
         patients.add_member(session, team=team, user=clinician)
     ladders = [loops.create_ladder(session, **spec) for spec in LADDERS]
+    patient_users: list[User] = []
     keys: dict[str, dict[str, str]] = {}
     # Clinical attributes come from the simulator's patients of the same pseudonym, so that
     # `clinaiops simulate --seed DEMO_SEED` continues these records consistently.
@@ -173,11 +176,13 @@ def seed_demo(session: Session, *, settings: Settings, n_patients: int = 12) -> 
             has_ckd=sim.ckd,
         )
         patients.add_patient(session, team=teams[team_index], patient=patient)
-        user(
-            f"patient{i + 1}",
-            f"{patient.given_name} {patient.family_name}",
-            Role.PATIENT,
-            patient_id=patient.id,
+        patient_users.append(
+            user(
+                f"patient{i + 1}",
+                f"{patient.given_name} {patient.family_name}",
+                Role.PATIENT,
+                patient_id=patient.id,
+            )
         )
         ladder = next(ld for ld in ladders if ld.drug == sim.drug)
         loops.start_regimen(session, patient_id=patient.id, ladder=ladder, step=sim.start_step)
@@ -197,6 +202,7 @@ def seed_demo(session: Session, *, settings: Settings, n_patients: int = 12) -> 
             firmware_version="1.0",
         )
         keys[patient.id] = {"device_id": device.id, "api_key": key}
+    _demo_messages(session, patient_users, clinicians)
     result.patients = n_patients
     keys_file = settings.data_dir / "demo_device_keys.json"
     keys_file.parent.mkdir(parents=True, exist_ok=True)
@@ -206,3 +212,50 @@ def seed_demo(session: Session, *, settings: Settings, n_patients: int = 12) -> 
         json.dump(keys, fh, indent=2)
     result.device_keys_file = keys_file
     return result
+
+
+def _demo_messages(session: Session, patient_users: list[User], clinicians: list[User]) -> None:
+    """Two conversations: patient1 asks a question for the next visit and clinician1 answers;
+    clinician2 writes to patient2, who has not read it yet (a `message_waiting` notice)."""
+    now = clock.utcnow()
+    first = patient_users[0] if patient_users else None
+    if first is not None and first.patient_id is not None:
+        thread, _ = messages.start_thread(
+            session,
+            patient_id=first.patient_id,
+            sender_id=first.id or 0,
+            side=SenderSide.PATIENT,
+            subject="Dizzy when I stand up",
+            body="Since I started my tablets I feel light-headed when I get out of bed. "
+            "Can we talk about it at my next visit?",
+            is_question=True,
+            now=now - timedelta(days=1, hours=3),
+        )
+        messages.open_thread(
+            session,
+            thread_id=thread.id,
+            side=SenderSide.CARE_TEAM,
+            reader_id=clinicians[0].id or 0,
+            now=now - timedelta(days=1, hours=2),
+        )
+        messages.reply(
+            session,
+            thread_id=thread.id,
+            sender_id=clinicians[0].id or 0,
+            side=SenderSide.CARE_TEAM,
+            body="Thank you for telling us. Stand up slowly, and measure sitting and then "
+            "standing tomorrow morning. We will go through it at your visit.",
+            now=now - timedelta(days=1, hours=2),
+        )
+    second = patient_users[1] if len(patient_users) > 1 else None
+    if second is not None and second.patient_id is not None:
+        messages.start_thread(
+            session,
+            patient_id=second.patient_id,
+            sender_id=clinicians[1].id or 0,
+            side=SenderSide.CARE_TEAM,
+            subject="Your home readings",
+            body="Your morning readings have come down nicely this month. Keep measuring "
+            "twice in the morning and twice in the evening.",
+            now=now - timedelta(hours=5),
+        )
