@@ -78,6 +78,7 @@ def test_care_plan_when_nothing_changed_keeps_its_version(
     world: World,
     regimens: dict[str, MedicationRegimen],
     count_audit: Callable[..., int],
+    engine: Engine,
 ) -> None:
     pid = world.patients["pa1"].id
     first = calls("pa1")("GET", "/api/v1/me/care-plan").json()
@@ -88,6 +89,16 @@ def test_care_plan_when_nothing_changed_keeps_its_version(
         assert again["version"] == 1
     assert count_audit(action="care_plan.version", patient_id=pid) == 1
     assert count_audit(action="care_plan.read", patient_id=pid) == 4
+    with session_factory(engine)() as s:
+        reads = s.scalars(
+            select(col(AuditEntry.details))
+            .where(col(AuditEntry.action) == "care_plan.read")
+            .order_by(col(AuditEntry.seq))
+        ).all()
+    # The read that wrote the first version says so (its entry was enriched, not written
+    # early by the version's savepoint).
+    assert [json.loads(d)["created"] for d in reads] == [True, False, False, False]
+    assert json.loads(reads[0])["version"] == 1
 
 
 def test_care_plan_when_dose_changes_writes_a_system_version(
@@ -228,7 +239,10 @@ def test_snapshot_all_when_chunked_covers_every_patient(
 
 
 def test_first_version_when_another_writer_won_the_race_answers_without_error(
-    calls: Callable[[str], Any], world: World, monkeypatch: pytest.MonkeyPatch
+    calls: Callable[[str], Any],
+    world: World,
+    monkeypatch: pytest.MonkeyPatch,
+    count_audit: Callable[..., int],
 ) -> None:
     # Version 1 exists, but this request's first look (as if it read before the other
     # writer committed) sees none: the insert of version 1 fails in its savepoint, the
@@ -246,6 +260,10 @@ def test_first_version_when_another_writer_won_the_race_answers_without_error(
     assert r.status_code == 200, r.text
     assert r.json()["version"] == 1
     assert seen["n"] == 2
+    # The failed savepoint did not take the read's audit entry with it.
+    pid = world.patients["pa1"].id
+    assert count_audit(action="care_plan.read", patient_id=pid) == 2
+    assert count_audit(action="care_plan.version", patient_id=pid) == 1
 
 
 @pytest.mark.postgres
