@@ -64,11 +64,15 @@ def medication_sentence(
     )
 
 
-def _dose_at(steps: Sequence[float], step: int | None, unit: str) -> str:
-    if step is None or not steps:
-        return "the highest dose on the ladder"
-    step = min(max(step, 0), len(steps) - 1)
-    return f"{number(steps[step])} {unit}"
+def _bounds(steps: Sequence[float], low: int, high: int | None, unit: str) -> str:
+    """The envelope's dose range as doses, or as ladder steps when the ladder is unknown."""
+    if not steps:
+        top = "the top of the ladder" if high is None else f"step {high + 1}"
+        return f"between step {low + 1} of the dose ladder and {top}"
+    last = len(steps) - 1
+    first = steps[min(max(low, 0), last)]
+    end = steps[last if high is None else min(max(high, 0), last)]
+    return f"between {number(first)} {unit} and {number(end)} {unit}"
 
 
 def envelope_sentences(
@@ -109,9 +113,8 @@ def envelope_sentences(
             f"The app may {verbs} {medicine} dose by one step at a time without waiting for "
             f"your clinician; anything else goes to your clinician first."
         )
-        low = _dose_at(steps, rules.min_dose_step, unit)
-        high = _dose_at(steps, rules.max_dose_step, unit)
-        out.append(f"By itself it keeps the dose between {low} and {high}.")
+        bounds = _bounds(steps, rules.min_dose_step, rules.max_dose_step, unit)
+        out.append(f"By itself it keeps the dose {bounds}.")
         out.append(
             f"It waits at least {rules.min_days_since_change} days after a change and makes "
             f"at most {rules.max_auto_changes_per_30d} automatic change"
