@@ -8,11 +8,13 @@ and carry lengths and counts, never a subject or a body.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import AfterValidator, BaseModel
+from pydantic_core import PydanticCustomError
 from sqlalchemy.orm import Session
 
 from app.api.deps import Access, SessionDep, require
@@ -45,8 +47,20 @@ def _my_thread_patient(session: Session, request: Request, principal: Principal)
 # ------------------------------------------------------------------------- schemas
 
 
-Subject = Annotated[str, AfterValidator(service.clean_subject)]
-Body = Annotated[str, AfterValidator(service.clean_body)]
+def _checked(clean: Callable[[str], str]) -> Callable[[str], str]:
+    """A text rule as a schema check whose error says what is wrong, typed by its code."""
+
+    def check(value: str) -> str:
+        try:
+            return clean(value)
+        except service.MessageInvalid as exc:
+            raise PydanticCustomError(exc.code, exc.message) from exc
+
+    return check
+
+
+Subject = Annotated[str, AfterValidator(_checked(service.clean_subject))]
+Body = Annotated[str, AfterValidator(_checked(service.clean_body))]
 
 
 class NewThread(BaseModel):

@@ -170,7 +170,22 @@ def test_reply_when_body_empty_after_strip_is_422(api: Api) -> None:
     tid = api.patient_start("pa1")["id"]
     r = api.post("clina", f"/api/v1/messages/threads/{tid}", {"body": "\u0085\r\n  "})
     assert r.status_code == 422
-    assert r.json()["errors"][0]["path"] == "body/body"
+    assert r.json()["errors"] == [
+        {"path": "body/body", "message": "body must not be empty", "type": "empty"}
+    ]
+
+
+def test_new_thread_when_both_fields_bad_names_each(api: Api) -> None:
+    r = api.post("pa1", "/api/v1/me/messages", {"subject": " ", "body": "b" * 5001})
+    assert r.status_code == 422
+    assert r.json()["errors"] == [
+        {"path": "body/subject", "message": "subject must not be empty", "type": "empty"},
+        {
+            "path": "body/body",
+            "message": "body must be at most 5000 characters",
+            "type": "too_long",
+        },
+    ]
 
 
 def test_new_thread_when_limits_reached_exactly_keeps_text_verbatim(api: Api) -> None:

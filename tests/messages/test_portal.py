@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from audit.models import AuditEntry
 from loops.messages.models import Message, MessageThread
-from tests.conftest import FrozenClock, World
+from tests.conftest import PASSWORD, FrozenClock, World
 from tests.messages.conftest import SECRET, Api
 from tests.portal.conftest import csrf_of, sign_in
 
@@ -280,3 +280,39 @@ def test_csrf_of_page_when_signed_in_is_present(client: TestClient, api: Api) ->
     tid = api.patient_start("pa1")["id"]
     sign_in(client, "clina")
     assert csrf_of(client.get(f"/portal/messages/{tid}").text)
+
+
+def test_reply_when_session_ended_is_kept_across_sign_in(
+    api: Api,
+    client: TestClient,
+    world: World,
+    frozen_clock: FrozenClock,
+    short: Callable[[], Session],
+) -> None:
+    tid = api.patient_start("pa1")["id"]
+    csrf = sign_in(client, "clina")
+    page = f"/portal/messages/{tid}"
+    frozen_clock.advance(minutes=world.settings.session_idle_minutes, seconds=5)
+    r = client.post(
+        page,
+        data=_form(csrf, body="Written before the break.", return_to=page),
+        follow_redirects=False,
+    )
+    assert r.status_code == 401
+    kept = re.search(r'name="draft" value="([^"]+)"', r.text)
+    assert kept
+    login = client.post(
+        "/portal/login",
+        data={
+            "username": "clina",
+            "password": PASSWORD,
+            "csrf_token": csrf_of(r.text),
+            "draft": kept.group(1),
+        },
+        follow_redirects=False,
+    )
+    assert login.headers["location"] == page
+    restored = client.get(page).text
+    assert ">Written before the break.</textarea>" in restored
+    with short() as s:
+        assert len(s.scalars(select(Message)).all()) == 1  # nothing was sent
