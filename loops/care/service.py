@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from app.auth.models import User
+from app.core import clock
 from app.patients.models import CareTeam, CareTeamMember, CareTeamPatient, Patient
 from audit import service as audit
 from audit.canonical import canonical_json
@@ -672,7 +673,7 @@ def gather_plans(
 
 
 def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
+    return None if value is None else clock.iso(value)
 
 
 def build_content(facts: PlanFacts, note: str) -> dict[str, Any]:
