@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_ENV := CLINAIOPS_ENVIRONMENT=demo CLINAIOPS_COOKIE_SECURE=false
 
-.PHONY: install chromium demo test test-postgres lint clean
+.PHONY: install chromium pango demo test test-postgres lint clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP) chromium
+install: $(STAMP) chromium pango
 
 # Headless Chromium for the portal's browser tests (Debian's package, driven by Playwright;
 # Playwright's own browser download is not used). Installed only when absent.
@@ -26,6 +26,13 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && \
 	  $$SUDO apt-get install -y -qq chromium; }
+
+# Pango (and fonts) for WeasyPrint's PDF reports, from Debian. Installed only when absent.
+pango:
+	@ldconfig -p | grep -q 'libpangoft2-1.0.so.0' && ldconfig -p | grep -q 'libharfbuzz-subset.so.0' || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO apt-get install -y -qq libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core; }
 
 demo: install
 	$(DEMO_ENV) $(VENV)/bin/clinaiops demo

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import ColumnElement, String, case, func, select, type_coerce
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from app.db import new_id
 from app.patients.models import Patient
 from device_ingest.models import DeviceClass, MedicationEvent, Reading, ReadingStatus
 from loops.alerts import AlertType
@@ -236,26 +236,30 @@ def _recompute_one(
 ) -> Recomputed:
     rule = cadence.next_review(facts)
     if existing is None:
-        visit = Visit(
-            patient_id=patient_id,
-            kind=rule.kind,
-            due_by=rule.due_by,
-            reasons=[str(r) for r in rule.reasons],
-            rule_kind=rule.kind,
-            rule_due_by=rule.due_by,
-            computed_at=now,
-            created_at=now,
+        visit_id = new_id()
+        _insert_if_none_due(
+            session,
+            {
+                "id": visit_id,
+                "patient_id": patient_id,
+                "status": VisitStatus.DUE.value,
+                "kind": rule.kind.value,
+                "due_by": rule.due_by,
+                "reasons": [str(r) for r in rule.reasons],
+                "rule_kind": rule.kind.value,
+                "rule_due_by": rule.due_by,
+                "computed_at": now,
+                "override_reason": "",
+                "outcome_note": "",
+                "created_at": now,
+            },
         )
-        try:
-            with session.begin_nested():
-                session.add(visit)
-        except IntegrityError:
-            # Another writer created the patient's due visit first: update that one instead.
-            raced = due_visit(session, patient_id=patient_id)
-            if raced is None:
-                raise
-            return _recompute_one(session, patient_id, facts, raced, now)
-        return Recomputed(visit, "created", rule)
+        visit = due_visit(session, patient_id=patient_id)
+        if visit is None:  # pragma: no cover - the insert or a concurrent one left a row
+            raise RuntimeError("no due visit after insert")
+        if visit.id == visit_id:
+            return Recomputed(visit, "created", rule)
+        existing = visit  # another writer created it first: update that one
     existing.computed_at = now
     # Dates count from facts (cadence.py), so an unchanged patient keeps the same date.
     change = "unchanged" if _same(existing, rule) else "updated"
@@ -270,6 +274,21 @@ def _same(visit: Visit, rule: Cadence) -> bool:
         and _utc(visit.rule_due_by) == rule.due_by
         and list(visit.reasons) == [str(r) for r in rule.reasons]
     )
+
+
+def _insert_if_none_due(session: Session, values: dict[str, object]) -> None:
+    """Insert a due visit unless the patient already has one (the partial unique index):
+    ON CONFLICT DO NOTHING, so a concurrent recompute neither fails nor needs a savepoint
+    (a savepoint's release would write the request's queued audit entry early)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        session.execute(pg_insert(Visit).values(**values).on_conflict_do_nothing())
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        session.execute(sqlite_insert(Visit).values(**values).on_conflict_do_nothing())
 
 
 def recompute(session: Session, *, patient_id: str, now: datetime) -> Recomputed:
