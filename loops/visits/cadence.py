@@ -203,7 +203,10 @@ def _sentence(facts: CadenceFacts, reason: Reason) -> str:
     if reason is Reason.RECENT_CHANGE:
         days = (facts.now - facts.last_change_at).days if facts.last_change_at else 0
         when = "today" if days == 0 else "1 day ago" if days == 1 else f"{days} days ago"
-        return f"Your medicine dose changed {when}; a review checks how the new dose works."
+        return (
+            f"Your blood pressure medicine (or its dose) changed {when}; a review checks "
+            "how it works for you."
+        )
     if reason is Reason.POOR_ADHERENCE:
         share = f"{100 * facts.adherence_28d:.0f}%" if facts.adherence_28d is not None else ""
         return (

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app.core import clock
 from device_ingest import service as devices
 from device_ingest.models import DeviceClass, IngestBatch, MedicationEvent, Reading
 from loops import service as loops
@@ -20,11 +21,28 @@ NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 _keys = itertools.count()
 
 
+def _enrol(world: World, now: datetime) -> None:
+    # The cadence counts from enrolment when no review is on record.
+    for p in world.patients.values():
+        p.created_at = now - timedelta(days=10)
+    world.session.commit()
+
+
 @pytest.fixture
-def clock_at(frozen_clock: FrozenClock) -> FrozenClock:
-    """The service clock frozen at NOW."""
+def clock_at(frozen_clock: FrozenClock, world: World) -> FrozenClock:
+    """The service clock frozen at NOW; every patient enrolled 10 days before."""
     frozen_clock.now = NOW
+    _enrol(world, NOW)
     return frozen_clock
+
+
+@pytest.fixture
+def live_clock(frozen_clock: FrozenClock, world: World) -> datetime:
+    """The service clock frozen at the wall clock's current second (tokens stay valid);
+    every patient enrolled 10 days before. Returns that time."""
+    frozen_clock.now = frozen_clock.now.replace(microsecond=0)
+    _enrol(world, frozen_clock.now)
+    return frozen_clock.now
 
 
 def _device(world: World, patient: str) -> tuple[str, int]:
@@ -34,7 +52,7 @@ def _device(world: World, patient: str) -> tuple[str, int]:
     batch = IngestBatch(
         device_id=device.id,
         patient_id=pid,
-        received_at=NOW,
+        received_at=clock.utcnow(),
         content_type="x",
         source_format="fhir",
         body_sha256="0" * 64,
@@ -57,12 +75,13 @@ def readings(world: World) -> Callable[..., None]:
         dbp: float,
         *,
         days: int = 7,
-        end: datetime = NOW,
+        end: datetime | None = None,
         times: list[datetime] | None = None,
     ) -> None:
         s = world.session
         pid = world.patients[patient].id
         device_id, batch_id = _device(world, patient)
+        end = end or clock.utcnow()
         if times is None:
             day0 = end.replace(hour=0, minute=0, second=0, microsecond=0)
             times = [
@@ -103,10 +122,11 @@ def readings(world: World) -> Callable[..., None]:
 def doses(world: World) -> Callable[..., None]:
     """Store dose events: `taken` then `missed`, one a day going back from `end`."""
 
-    def add(patient: str, taken: int, missed: int, *, end: datetime = NOW) -> None:
+    def add(patient: str, taken: int, missed: int, *, end: datetime | None = None) -> None:
         s = world.session
         pid = world.patients[patient].id
         device_id, batch_id = _device(world, patient)
+        end = end or clock.utcnow()
         for i in range(taken + missed):
             t = end - timedelta(days=i, hours=1)
             s.add(
@@ -146,7 +166,7 @@ def regimen(world: World) -> Callable[..., MedicationRegimen]:
         ladder_row = s.get(TitrationLadder, ladders["lisinopril"])
         assert ladder_row is not None
         r = loops.start_regimen(s, patient_id=world.patients[patient].id, ladder=ladder_row, step=1)
-        r.started_at = r.last_changed_at = NOW - changed
+        r.started_at = r.last_changed_at = clock.utcnow() - changed
         s.commit()
         return r
 
@@ -166,6 +186,7 @@ def alert(world: World) -> Callable[..., Alert]:
         acknowledged: bool = False,
     ) -> Alert:
         pid = world.patients[patient].id
+        now = clock.utcnow()
         a = Alert(
             patient_id=pid,
             type=type_,
@@ -173,20 +194,12 @@ def alert(world: World) -> Callable[..., Alert]:
             key=f"{pid}:{type_}:{next(_keys)}",
             status=status,
             detail="x",
-            raised_at=NOW - age,
-            acknowledged_at=NOW - age + timedelta(minutes=20) if acknowledged else None,
-            resolved_at=NOW if status == AlertStatus.RESOLVED else None,
+            raised_at=now - age,
+            acknowledged_at=now - age + timedelta(minutes=20) if acknowledged else None,
+            resolved_at=now if status == AlertStatus.RESOLVED else None,
         )
         world.session.add(a)
         world.session.commit()
         return a
 
     return make
-
-
-@pytest.fixture
-def enrolled(world: World) -> None:
-    """Every patient enrolled 10 days before NOW (the cadence counts from enrolment)."""
-    for p in world.patients.values():
-        p.created_at = NOW - timedelta(days=10)
-    world.session.commit()

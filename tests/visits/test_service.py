@@ -16,11 +16,11 @@ from loops import worker
 from loops.models import Alert, AlertStatus
 from loops.visits import service
 from loops.visits.models import Visit, VisitStatus
-from tests.conftest import FrozenClock, World
+from tests.conftest import World
 from tests.visits.conftest import NOW
 from validation.models import JobRun
 
-pytestmark = pytest.mark.usefixtures("enrolled")
+pytestmark = pytest.mark.usefixtures("clock_at")
 D = timedelta(days=1)
 
 
@@ -216,7 +216,7 @@ def test_pull_forward_urgent_when_alert_open_recomputes_once_and_audits(
 
 
 def test_visit_cadence_job_when_two_replicas_fire_runs_once(
-    world: World, engine: Engine, count_audit: Callable[..., int], clock_at: FrozenClock
+    world: World, engine: Engine, count_audit: Callable[..., int]
 ) -> None:
     factory = session_factory(engine)
     world.session.rollback()
@@ -245,9 +245,7 @@ def test_visit_cadence_job_when_two_replicas_fire_runs_once(
     assert len(_due(world, "pa1")) == 1
 
 
-def test_loop_worker_when_visit_hour_set_runs_job_from_tick(
-    world: World, engine: Engine, clock_at: FrozenClock
-) -> None:
+def test_loop_worker_when_visit_hour_set_runs_job_from_tick(world: World, engine: Engine) -> None:
     world.session.rollback()
     w = worker.LoopWorker(
         session_factory(engine), interval=1.0, debounce=timedelta(seconds=0), visit_hour=5
