@@ -74,6 +74,7 @@ ROUTERS = (
     loop_views.fhir_router,
     review_views.router,
     care_views.router,
+    care_views.fhir_router,
     visit_views.router,
     message_views.router,
 )

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,23 @@ def end_read(session: Session) -> None:
     queued = session.info.pop(_PENDING, [])
     session.rollback()
     session.info[_PENDING] = queued
+
+
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """A SAVEPOINT that leaves the request's queued audit entries alone.
+
+    The audit hooks run at every commit and rollback of the session, nested ones included:
+    releasing a savepoint would write the queued entries early (before the route has filled
+    them in), and rolling one back would drop them all. Queue nothing inside the savepoint.
+    """
+    queued = session.info.pop(_PENDING, None)
+    try:
+        with session.begin_nested():
+            yield
+    finally:
+        if queued is not None:
+            session.info[_PENDING] = queued
 
 
 def _flush_pending(session: Session) -> None:

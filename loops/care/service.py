@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -62,8 +61,6 @@ from policies.envelope import EnvelopeRules
 from policies.models import SafetyEnvelope
 
 SYSTEM_ACTOR = "system:care_plan"
-# Where audit.service keeps a session's queued entries (see `_savepoint`).
-_AUDIT_PENDING = audit._PENDING
 CONTENT_SCHEMA = 1
 SNAPSHOT_CHUNK = 500
 LOG_MAX_AGE_DAYS = 90
@@ -474,27 +471,12 @@ def log_goal(
             return existing, True
         row = GoalLog(goal_id=goal_id, patient_id=patient_id, day=day, value=value, logged_at=now)
         try:
-            with _savepoint(session):
+            with audit.savepoint(session):
                 session.add(row)
         except IntegrityError:
             continue  # a concurrent first log of the day: replace it
         return row, False
     raise CareConflict("busy", "the log changed while saving: try again")
-
-
-@contextmanager
-def _savepoint(session: Session) -> Iterator[None]:
-    """A SAVEPOINT that leaves the request's queued audit entries alone. The audit hooks run
-    at every commit and rollback of the session, nested ones included: releasing a savepoint
-    would write the queued entries early (before the route has enriched them), and rolling
-    one back would drop them all. Nothing is queued inside the savepoint."""
-    queued = session.info.pop(_AUDIT_PENDING, None)
-    try:
-        with session.begin_nested():
-            yield
-    finally:
-        if queued is not None:
-            session.info[_AUDIT_PENDING] = queued
 
 
 def goal_logs(session: Session, *, goal_id: str, patient_id: str) -> list[GoalLog]:
@@ -813,7 +795,7 @@ def _write_version(
             created_at=now,
         )
         try:
-            with _savepoint(session):
+            with audit.savepoint(session):
                 session.add(row)
         except IntegrityError:
             continue
