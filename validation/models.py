@@ -1,4 +1,4 @@
-"""Scheduled job runs: one row per job and period, claimed under a lease."""
+"""Scheduled job runs (one row per job and period, claimed under a lease) and drift reports."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from app.db import UTCDateTime
@@ -48,3 +48,34 @@ class JobRun(SQLModel, table=True):
     lease_until: datetime = Field(sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class DriftReport(SQLModel, table=True):
+    """One drift run: the window, what it found (summary), and Evidently's files.
+
+    The summary holds aggregates only (test scores, row counts, segment names such as a device
+    model or an age band): no patient rows and no identifiers. The Evidently HTML and JSON are
+    files under the data directory (`html_path`, `json_path`, relative to it), named in the
+    row with their SHA-256 so a changed file is detected when served."""
+
+    __tablename__ = "drift_reports"
+    __table_args__ = (Index("ix_drift_reports_created", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(sa_type=UTCDateTime)
+    created_by: str = Field(max_length=100)
+    window_start: datetime = Field(sa_type=UTCDateTime)
+    window_end: datetime = Field(sa_type=UTCDateTime)
+    status: str = Field(max_length=32)
+    headline: str = Field(max_length=1000)
+    model_version: str | None = Field(default=None, max_length=64)
+    reference: str = Field(max_length=100)  # "training:<data hash>" or "supplied:<sha256>"
+    feature_set: str = Field(max_length=64)
+    reference_rows: int = 0
+    current_rows: int = 0
+    drifted_features: int = 0
+    summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    html_path: str | None = Field(default=None, max_length=300)
+    html_sha256: str | None = Field(default=None, max_length=64)
+    json_path: str | None = Field(default=None, max_length=300)
+    json_sha256: str | None = Field(default=None, max_length=64)

@@ -1,0 +1,557 @@
+"""Drift analysis with Evidently: the window's features against the training reference,
+overall and per device model and subgroup, plus the model's outputs; and the frames it runs on.
+
+`analyse` is computation only (no database, no files). The frame builders read the database:
+`current_frame` computes each evaluated patient's features exactly as an evaluation at the
+window's end would (the loop's own readers and `mlops.features.compute_features`), with the
+device model that measured their blood pressure; `reference_frame` rebuilds the production
+model's training data from its recorded parameters and checks it against the recorded data
+hash, so the reference is the very data the model learned from.
+
+Evidently is imported on first use: its import takes seconds and most processes never need it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd  # type: ignore[import-untyped]  # no stubs in the project
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from device_ingest.models import Reading, ReadingStatus
+from device_ingest.simulator import generate_patients
+from loops import flows as loop_flows
+from loops.models import Evaluation, Proposal
+from loops.review.models import Decision, DecisionKind
+from mlops import dataset
+from mlops.features import FEATURE_NAMES, RegimenFacts, compute_features
+from mlops.models import ModelVersion
+from validation import drift
+from validation.drift import (
+    AGE_BAND,
+    DEVICE_MODEL,
+    DIABETES_OR_CKD,
+    SEX,
+    Attribution,
+    ColumnDrift,
+    SegmentDrift,
+    Stattest,
+    TestChoice,
+    Thresholds,
+)
+
+PREDICTED_ACTION: Final = "predicted_action"
+PREDICTION_COLUMNS: Final = (PREDICTED_ACTION, "p_decrease", "p_increase")
+DEVICE_FIRMWARE: Final = "device_firmware"
+# Features look back 14 days; the device that measured them is read over the same days.
+DEVICE_LOOKBACK: Final = timedelta(days=14)
+_CHUNK: Final = 500  # patients per read of the loop's history queries
+_SCORED: Final = ("hold", "proposal")  # evaluation outcomes where the model scored
+_VALUE_DRIFT: Final = "evidently:metric_v2:ValueDrift"
+
+
+class ReferenceUnavailable(Exception):
+    """The training reference cannot be rebuilt faithfully; the message says why."""
+
+
+# ------------------------------------------------------------------------------ Evidently
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # Evidently and the libraries under it warn about their own internals (numpy.core,
+    # pandas options); none of it concerns our data, and the test suite treats warnings as
+    # errors.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@dataclass(frozen=True)
+class _Evidently:
+    Report: Any
+    Dataset: Any
+    DataDefinition: Any
+    DataDriftPreset: Any
+    ValueDrift: Any
+    stattest: Any  # registry name, column type -> Evidently's StatTest
+    numerical: Any
+    categorical: Any
+
+
+_loaded: _Evidently | None = None
+
+
+def _evidently() -> _Evidently:
+    global _loaded
+    if _loaded is None:
+        with _quiet():
+            from evidently import DataDefinition, Dataset, Report  # type: ignore[import-untyped]
+            from evidently.legacy.calculations.stattests.registry import get_registered_stattest  # type: ignore[import-untyped]
+            from evidently.legacy.core import ColumnType  # type: ignore[import-untyped]
+            from evidently.metrics import ValueDrift  # type: ignore[import-untyped]
+            from evidently.presets import DataDriftPreset  # type: ignore[import-untyped]
+        _loaded = _Evidently(
+            Report,
+            Dataset,
+            DataDefinition,
+            DataDriftPreset,
+            ValueDrift,
+            get_registered_stattest,
+            ColumnType.Numerical,
+            ColumnType.Categorical,
+        )
+    return _loaded
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which columns one comparison tests, with which test; the rest and why not."""
+
+    choices: dict[str, TestChoice]
+    skipped: dict[str, str]
+    n_current: int
+    n_reference: int
+
+
+def _plan(
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    columns: Sequence[str],
+    *,
+    min_values: int,
+    alpha: float,
+    thresholds: Thresholds,
+) -> _Plan:
+    choices: dict[str, TestChoice] = {}
+    skipped: dict[str, str] = {}
+    for name in columns:
+        cur, ref = current[name].dropna(), reference[name].dropna()
+        if len(cur) < min_values or len(ref) < min_values:
+            skipped[name] = "too_few_values"
+            continue
+        distinct = pd.concat([cur, ref], ignore_index=True).nunique()
+        if distinct < 2:
+            skipped[name] = "constant"
+            continue
+        choices[name] = drift.choose_test(
+            n_reference=len(ref),
+            n_current=len(cur),
+            distinct=int(distinct),
+            alpha=alpha,
+            thresholds=thresholds,
+        )
+    return _Plan(choices, skipped, len(current), len(reference))
+
+
+def _with_alpha(plan: _Plan, alpha: float) -> _Plan:
+    """The plan with `alpha` as the threshold of its p-value tests."""
+    choices = {
+        name: TestChoice(c.method, alpha, c.categorical) if c.method in drift.P_VALUE_TESTS else c
+        for name, c in plan.choices.items()
+    }
+    return _Plan(choices, plan.skipped, plan.n_current, plan.n_reference)
+
+
+def _run(
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    plan: _Plan,
+    *,
+    preset_columns: Sequence[str] = (),
+    html: bool = False,
+) -> tuple[list[ColumnDrift], dict[str, Any], str | None]:
+    """Run one Evidently report over the plan's columns; `preset_columns` go through
+    DataDriftPreset (its drift table and share in the HTML), the rest through ValueDrift."""
+    if not plan.choices:
+        return [], {"metrics": [], "tests": []}, None
+    ev = _evidently()
+    names = list(plan.choices)
+    definition = ev.DataDefinition(
+        numerical_columns=[n for n in names if not plan.choices[n].categorical],
+        categorical_columns=[n for n in names if plan.choices[n].categorical],
+    )
+    in_preset = [n for n in names if n in set(preset_columns)]
+    metrics: list[Any] = []
+    if in_preset:
+        metrics.append(
+            ev.DataDriftPreset(
+                columns=in_preset,
+                per_column_method={n: str(plan.choices[n].method) for n in in_preset},
+                per_column_threshold={n: plan.choices[n].threshold for n in in_preset},
+            )
+        )
+    metrics += [
+        ev.ValueDrift(
+            column=n, method=str(plan.choices[n].method), threshold=plan.choices[n].threshold
+        )
+        for n in names
+        if n not in set(in_preset)
+    ]
+    with _quiet():
+        snapshot = ev.Report(metrics).run(
+            # A plain index: Evidently reads a non-numeric one as a value axis.
+            ev.Dataset.from_pandas(
+                current[names].reset_index(drop=True), data_definition=definition
+            ),
+            ev.Dataset.from_pandas(
+                reference[names].reset_index(drop=True), data_definition=definition
+            ),
+        )
+        document: dict[str, Any] = snapshot.dict()
+        page = snapshot.get_html_str(as_iframe=False) if html else None
+    counts = {n: (int(reference[n].notna().sum()), int(current[n].notna().sum())) for n in names}
+    results = []
+    for metric in document.get("metrics", []):
+        config = metric.get("config", {})
+        if config.get("type") != _VALUE_DRIFT or config.get("column") not in plan.choices:
+            continue
+        name = config["column"]
+        value = metric.get("value")
+        score = float(value) if isinstance(value, int | float) else math.nan
+        results.append(
+            ColumnDrift(
+                column=name,
+                method=Stattest(config.get("method", plan.choices[name].method)),
+                score=score,
+                threshold=float(config.get("threshold", plan.choices[name].threshold)),
+                n_reference=counts[name][0],
+                n_current=counts[name][1],
+            )
+        )
+    order = {n: i for i, n in enumerate(names)}
+    results.sort(key=lambda c: order[c.column])
+    return results, document, page
+
+
+def _tests(current: pd.DataFrame, reference: pd.DataFrame, plan: _Plan) -> list[ColumnDrift]:
+    """The plan's tests with Evidently's own test functions, without a report around them.
+
+    A report renders a chart per column as it computes (about 0.1 s each); segments need
+    only the scores, and there are many segments."""
+    ev = _evidently()
+    results = []
+    with _quiet():
+        for name, choice in plan.choices.items():
+            ref, cur = reference[name].dropna(), current[name].dropna()
+            kind = ev.categorical if choice.categorical else ev.numerical
+            test = ev.stattest(str(choice.method), kind)
+            outcome = test(ref, cur, kind, choice.threshold)
+            results.append(
+                ColumnDrift(
+                    column=name,
+                    method=choice.method,
+                    score=float(outcome.drift_score),
+                    threshold=choice.threshold,
+                    n_reference=len(ref),
+                    n_current=len(cur),
+                )
+            )
+    return results
+
+
+# ------------------------------------------------------------------------------ analysis
+
+
+def segment_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each row's segment in every dimension (device model, sex, age band, diabetes/CKD)."""
+    devices = frame[DEVICE_MODEL] if DEVICE_MODEL in frame else pd.Series(None, index=frame.index)
+    return pd.DataFrame(
+        {
+            DEVICE_MODEL: [drift.device_label(v if isinstance(v, str) else None) for v in devices],
+            SEX: [
+                drift.sex_label(f, m)
+                for f, m in zip(frame["sex_female"], frame["sex_male"], strict=True)
+            ],
+            AGE_BAND: [drift.age_band_label(float(v)) for v in frame["age_band"]],
+            DIABETES_OR_CKD: [
+                drift.diabetes_or_ckd_label(d, k)
+                for d, k in zip(frame["diabetes"], frame["ckd"], strict=True)
+            ],
+        },
+        index=frame.index,
+    )
+
+
+@dataclass
+class Analysis:
+    """Everything one drift run found, and Evidently's own report of the overall comparison."""
+
+    n_current: int
+    n_reference: int
+    features: list[ColumnDrift]
+    skipped: dict[str, str]
+    predictions: list[ColumnDrift]
+    segments: list[SegmentDrift]
+    attributions: list[Attribution]
+    evidently: dict[str, Any] = field(default_factory=dict)
+    html: str | None = None
+
+    @property
+    def drifted_features(self) -> list[ColumnDrift]:
+        """Features that moved across the whole window, strongest first."""
+        return drift.strongest_first(self.features)
+
+    @property
+    def drifted_predictions(self) -> list[ColumnDrift]:
+        """Model outputs that moved, strongest first."""
+        return drift.strongest_first(self.predictions)
+
+
+def analyse(
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    *,
+    features: Sequence[str] = FEATURE_NAMES,
+    thresholds: Thresholds = Thresholds(),
+    html: bool = True,
+) -> Analysis:
+    """Compare `current` with `reference` overall and per segment, with Evidently.
+
+    Both frames hold the feature columns, optionally `device_model` and, for prediction
+    drift, the PREDICTION_COLUMNS. Nothing is tested with fewer than `min_rows` current rows.
+    """
+    missing = [n for n in features if n not in current or n not in reference]
+    if missing:
+        raise ValueError(f"frames lack feature columns: {missing[:5]}")
+    predicted = [n for n in PREDICTION_COLUMNS if n in current and n in reference]
+    if len(current) < thresholds.min_rows or reference.empty:
+        return Analysis(len(current), len(reference), [], {}, [], [], [])
+    overall = _plan(
+        current,
+        reference,
+        [*features, *predicted],
+        min_values=thresholds.min_rows,
+        alpha=thresholds.family_alpha,
+        thresholds=thresholds,
+    )
+    overall = _with_alpha(
+        overall, drift.bonferroni(thresholds.family_alpha, max(1, len(overall.choices)))
+    )
+    tested, document, page = _run(current, reference, overall, preset_columns=features, html=html)
+    segments = _segments(current, reference, features, thresholds)
+    in_features = set(features)
+    return Analysis(
+        n_current=len(current),
+        n_reference=len(reference),
+        features=[c for c in tested if c.column in in_features],
+        skipped=overall.skipped,
+        predictions=[c for c in tested if c.column not in in_features],
+        segments=segments,
+        attributions=drift.attribute(segments),
+        evidently=document,
+        html=page,
+    )
+
+
+def _segments(
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    features: Sequence[str],
+    thresholds: Thresholds,
+) -> list[SegmentDrift]:
+    cur_labels, ref_labels = segment_labels(current), segment_labels(reference)
+    plans: list[tuple[str, str, str, pd.DataFrame, pd.DataFrame, _Plan]] = []
+    for dimension in drift.DIMENSIONS:
+        counts = cur_labels[dimension].value_counts()
+        for value, n in sorted(counts.items()):
+            if n < thresholds.min_segment_rows or value == drift.UNKNOWN:
+                continue
+            cur = current[cur_labels[dimension] == value]
+            ref = reference[ref_labels[dimension] == value]
+            scope = "segment"
+            if len(ref) < thresholds.min_segment_rows:
+                ref, scope = reference, "all"  # e.g. a device model training never saw
+            plan = _plan(
+                cur,
+                ref,
+                features,
+                min_values=thresholds.min_segment_rows,
+                alpha=thresholds.family_alpha,
+                thresholds=thresholds,
+            )
+            plans.append((dimension, str(value), scope, cur, ref, plan))
+    total = sum(len(p[-1].choices) for p in plans)
+    if total == 0:
+        return []
+    alpha = drift.bonferroni(thresholds.family_alpha, total)
+    found = []
+    for dimension, value, scope, cur, ref, plan in plans:
+        results = _tests(cur, ref, _with_alpha(plan, alpha))
+        found.append(SegmentDrift(dimension, value, len(cur), len(ref), scope, tuple(results)))
+    return found
+
+
+# ------------------------------------------------------------------------------ predictions
+
+
+def with_predictions(frame: pd.DataFrame, model: Any) -> pd.DataFrame:
+    """The frame with the model's predicted action and probabilities added."""
+    out = frame.copy()
+    if frame.empty:
+        for name in PREDICTION_COLUMNS:
+            out[name] = pd.Series(dtype=object if name == PREDICTED_ACTION else float)
+        return out
+    probs = np.asarray(model.predict_proba(frame[list(FEATURE_NAMES)].to_numpy(np.float64)))
+    labels = np.array([str(a) for a in dataset.ACTIONS])
+    out[PREDICTED_ACTION] = labels[probs.argmax(axis=1)]
+    out["p_decrease"] = probs[:, 0]
+    out["p_increase"] = probs[:, 2]
+    return out
+
+
+# ------------------------------------------------------------------------------ frames
+
+
+@dataclass
+class CurrentWindow:
+    """The window's feature rows (one per evaluated patient) and what was recorded in it."""
+
+    frame: pd.DataFrame
+    evaluated_patients: int
+    recorded: dict[str, int]  # scored evaluations by what the model concluded
+
+
+def current_frame(
+    session: Session, *, start: datetime, end: datetime, tz: str = "UTC"
+) -> CurrentWindow:
+    """One row per patient the model scored in [start, end): their features as of `end`,
+    computed by the loop's own readers, with the device model of their cuff readings."""
+    scored = list(
+        session.execute(
+            select(col(Evaluation.patient_id), col(Evaluation.outcome), col(Proposal.action))
+            .outerjoin(Proposal, col(Proposal.id) == col(Evaluation.proposal_id))
+            .where(
+                col(Evaluation.created_at) >= start,
+                col(Evaluation.created_at) < end,
+                col(Evaluation.outcome).in_(_SCORED),
+            )
+        )
+    )
+    recorded = Counter(str(action) if action else str(outcome) for _, outcome, action in scored)
+    patient_ids = sorted({pid for pid, _, _ in scored})
+    rows: list[tuple[float, ...]] = []
+    kept: list[str] = []
+    for i in range(0, len(patient_ids), _CHUNK):
+        ids = patient_ids[i : i + _CHUNK]
+        patients = loop_flows._patients(session, ids)
+        regimens = loop_flows._active_regimens(session, ids)
+        histories = loop_flows._histories(session, ids, end)
+        for pid in ids:
+            if pid not in patients or pid not in regimens:
+                continue
+            regimen, ladder = regimens[pid]
+            history = histories[pid]
+            vector = compute_features(
+                readings=history.points,
+                doses=history.doses,
+                symptoms=history.reports,
+                patient=patients[pid].facts,
+                regimen=RegimenFacts(
+                    step=regimen.current_step,
+                    ladder_steps=len(ladder.steps),
+                    last_change=loop_flows._last_change(regimen),
+                ),
+                as_of=end,
+                tz=tz,
+            )
+            if vector.sufficient:  # the model scores only with enough cuff readings
+                rows.append(vector.values)
+                kept.append(pid)
+    frame = pd.DataFrame(rows, columns=list(FEATURE_NAMES), dtype=np.float64)
+    devices = _device_models(session, kept, start=end - DEVICE_LOOKBACK, end=end)
+    frame[DEVICE_MODEL] = [devices.get(pid, ("", ""))[0] for pid in kept]
+    frame[DEVICE_FIRMWARE] = [devices.get(pid, ("", ""))[1] for pid in kept]
+    return CurrentWindow(frame, len(patient_ids), dict(sorted(recorded.items())))
+
+
+def _device_models(
+    session: Session, patient_ids: Sequence[str], *, start: datetime, end: datetime
+) -> dict[str, tuple[str, str]]:
+    """Each patient's most used validated-cuff model and firmware over [start, end)."""
+    found: dict[str, tuple[int, str, str]] = {}
+    for i in range(0, len(patient_ids), _CHUNK):
+        ids = list(patient_ids[i : i + _CHUNK])
+        stmt = (
+            select(
+                col(Reading.patient_id),
+                col(Reading.device_model),
+                col(Reading.firmware_version),
+                func.count(),
+            )
+            .where(
+                col(Reading.patient_id).in_(ids),
+                col(Reading.effective_start) >= start,
+                col(Reading.effective_start) < end,
+                col(Reading.kind) == "blood_pressure",
+                col(Reading.device_class) == "validated_cuff",
+                col(Reading.status) == ReadingStatus.ACCEPTED,
+            )
+            .group_by(
+                col(Reading.patient_id), col(Reading.device_model), col(Reading.firmware_version)
+            )
+        )
+        for pid, model, firmware, n in session.execute(stmt):
+            best = found.get(pid)
+            # Most readings wins; ties go to the alphabetically first model (deterministic).
+            if best is None or (n, best[1]) > (best[0], model):
+                found[pid] = (int(n), str(model or ""), str(firmware or ""))
+    return {pid: (model, firmware) for pid, (_, model, firmware) in found.items()}
+
+
+def override_counts(session: Session, *, start: datetime, end: datetime) -> tuple[int, int]:
+    """(modified + rejected, all) clinician decisions signed in [start, end)."""
+    rows = session.execute(
+        select(col(Decision.kind), func.count())
+        .where(col(Decision.signed_at) >= start, col(Decision.signed_at) < end)
+        .group_by(col(Decision.kind))
+    )
+    counts = {str(kind): int(n) for kind, n in rows}
+    overridden = counts.get(DecisionKind.MODIFY, 0) + counts.get(DecisionKind.REJECT, 0)
+    return overridden, sum(counts.values())
+
+
+def reference_frame(version: ModelVersion, *, cache_dir: Path) -> pd.DataFrame:
+    """The training data of `version`, rebuilt from its recorded parameters and checked
+    against its recorded data hash; cached by that hash (Parquet) under `cache_dir`."""
+    cached = cache_dir / f"reference-{version.data_hash}.parquet"
+    if cached.exists():
+        with _quiet():
+            frame = pd.read_parquet(cached)
+        if list(frame.columns[: len(FEATURE_NAMES)]) == list(FEATURE_NAMES):
+            return frame
+    params: Mapping[str, Any] = version.params
+    if params.get("scenario", "None") != "None":
+        raise ReferenceUnavailable("the training cohort used a scenario that cannot be rebuilt")
+    try:
+        n_patients, days, seed = int(params["n_patients"]), int(params["days"]), int(params["seed"])
+        every = int(params.get("every", 7))
+        overtreated = float(params.get("overtreated_share", 0.1))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ReferenceUnavailable("the model records no training-data parameters") from exc
+    if tuple(version.feature_names) != FEATURE_NAMES:
+        raise ReferenceUnavailable("the model was trained on another feature set")
+    data = dataset.build(
+        n_patients=n_patients, days=days, seed=seed, every=every, overtreated_share=overtreated
+    )
+    if data.data_hash != version.data_hash:
+        raise ReferenceUnavailable("rebuilt training data differ from the recorded data hash")
+    frame = pd.DataFrame(data.X, columns=list(data.feature_names), dtype=np.float64)
+    cuffs = {p.pseudonym: p.cuff_model for p in generate_patients(n_patients, seed)}
+    frame[DEVICE_MODEL] = [cuffs.get(str(g), "") for g in data.groups]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(".tmp")
+    frame.to_parquet(partial, index=False)
+    partial.replace(cached)  # atomic: a reader never sees half a file
+    return frame
