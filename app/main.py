@@ -52,6 +52,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             debounce=timedelta(seconds=settings.loop_debounce_seconds),
             daily_hour=settings.daily_evaluation_hour_utc,
             daily_lease=timedelta(minutes=settings.daily_run_lease_minutes),
+            visit_hour=settings.visit_cadence_hour_utc,
         )
         worker.start()
     try:

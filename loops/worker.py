@@ -17,6 +17,7 @@ from app.core import clock
 from audit import service as audit
 from loops import service
 from loops.alerts import CRISIS_LOOKBACK, AlertType
+from loops.care import service as care
 from loops.dispatch import DrainReport, drain, evaluate_all
 from loops.flows import evaluate
 from loops.models import Alert, AlertStatus, PatientNotice
@@ -159,8 +160,9 @@ def run_visit_cadence_if_due(
     lease: timedelta,
     holder: str,
 ) -> dict[str, int] | None:
-    """The daily visit recompute, once per UTC day from `hour` on, by whichever replica
-    claims the day's job lease; None when it is not due or another replica has it."""
+    """The daily visit recompute and care plan snapshot, once per UTC day from `hour` on, by
+    whichever replica claims the day's job lease; None when it is not due or another replica
+    has it."""
     if now.hour < hour:
         return None
     with factory() as session:
@@ -179,6 +181,11 @@ def run_visit_cadence_if_due(
     totals = None
     try:
         totals = recompute_visits(factory, now=now)
+        # The care plan shows the envelope, doses and goals in force: version the plans
+        # that changed since yesterday even if nobody opened them.
+        with factory() as session:
+            totals["care_plan_versions"] = len(care.snapshot_all(session=session, now=now))
+            session.commit()
         status, details = JobStatus.SUCCEEDED, dict(totals)
     except Exception as exc:
         details = {"error": type(exc).__name__}
