@@ -290,6 +290,7 @@ def run(
                 steps = {p.sim.pseudonym: _step(session, p) for p in people}
                 session.rollback()
             out = cohort.simulate_day(day, steps)
+            refused: set[str] = set()  # patients whose day the ingest API did not take
             for person in people:
                 today_out = out.patients[person.sim.pseudonym]
                 subject = f"Patient/{person.patient_id}"
@@ -321,7 +322,15 @@ def run(
                     )
                     report.posted += 1
                     report.status_counts[code] = report.status_counts.get(code, 0) + 1
-            felt = day_reports(out, cohort.patients, seed=seed)
+                    if kind == "cuff" and code != 200:
+                        refused.add(person.sim.pseudonym)
+            # A day the ingest refused (a re-run on a later date reuses its keys: 409) has no
+            # symptom reports either, so a re-run never adds a second, re-dated set.
+            felt = {
+                name: sim
+                for name, sim in day_reports(out, cohort.patients, seed=seed).items()
+                if name not in refused
+            }
             if felt:
                 with factory() as session:
                     report.symptom_reports += _report_symptoms(

@@ -252,7 +252,7 @@ def _invalid(code: str, path: str, message: str) -> ProblemError:
     return ProblemError(
         422,
         code,
-        f"{path.rsplit('/', 1)[-1]} {message}",
+        f"{path.rsplit('/', 1)[-1]}: {message}",
         extra={"errors": [{"path": path, "message": message, "type": code}]},
     )
 
@@ -270,7 +270,7 @@ def report_symptoms(
     assert access.patient_id is not None
     if not body.symptoms and not body.note.strip():
         raise _invalid(
-            "symptom_required", "body/symptoms", "must name a symptom unless a note is written"
+            "symptom_required", "body/symptoms", "name at least one symptom, or write a note"
         )
     now = clock.utcnow()
     reported_at = (body.reported_at or now).astimezone(UTC)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy.orm import Session
 
 from mlops import dataset, registry, serving
 from mlops.dp import train_baseline, train_dp, train_sklearn_baseline
 from mlops.features import FEATURE_SET_VERSION
-from mlops.model import evaluate
+from mlops.model import CLASSES, TitrationModel, centred, evaluate, index_of, linear_from
 from mlops.models import ModelStatus, ModelVersion
+from policies.envelope import TitrationAction
+
+# Features that must never raise the probability of an increase: a report of dizziness or
+# fainting argues for less drug, never more. DP noise on a rare 0/1 feature (its z-score is
+# large when set) can give it any sign; see `never_towards_increase`.
+NEVER_TOWARDS_INCREASE: Final = ("hypotension_symptoms_3d",)
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,31 @@ class InitialTraining:
     batch_size: int = 64
     lr: float = 0.5
     holdout: float = 0.25
+
+
+def never_towards_increase(model: TitrationModel, names: Sequence[str]) -> list[str]:
+    """Constrain the model, in place, so that none of `names` raises P(increase); returns the
+    features whose weights had to change.
+
+    For each feature the increase weight is lowered to the smallest other class's weight
+    (then re-centred, which moves no probability). With w_inc <= w_k for every class k,
+    dP(inc)/dx = P(inc) (w_inc - sum_k P(k) w_k) / scale <= 0 everywhere: the probability
+    of an increase never rises with the feature. Post-processing of a DP model costs no
+    privacy; the temperature is fitted afterwards, on the constrained model.
+    """
+    weight, bias = model.weight, model.bias
+    inc = index_of(TitrationAction.INCREASE)
+    changed = []
+    for name in names:
+        i = model.feature_names.index(name)
+        floor = min(weight[k, i] for k in range(len(CLASSES)) if k != inc)
+        if weight[inc, i] > floor:
+            weight[inc, i] = floor
+            changed.append(name)
+    if changed:
+        model.linear = linear_from(*centred(weight, bias))
+    model.metadata["never_towards_increase"] = ",".join(names)
+    return changed
 
 
 def train_initial(
@@ -67,7 +99,14 @@ def train_initial(
     )
     sklearn = train_sklearn_baseline(X, y, feature_names=data.feature_names)
     X_cal, y_cal = data.X[train][cal], data.y[train][cal]
-    for result in (private, baseline, sklearn):
+    constrained: dict[str, list[str]] = {}
+    for key, result in (
+        ("dp", private),
+        ("non_dp_baseline", baseline),
+        ("sklearn_baseline", sklearn),
+    ):
+        # The same constraint on all three: the baselines stay the same model without DP.
+        constrained[key] = never_towards_increase(result.model, NEVER_TOWARDS_INCREASE)
         result.model.calibrate(X_cal, y_cal)
         # Serving refuses a model whose artifact does not name this feature set.
         result.model.metadata[serving.FEATURE_SET_KEY] = FEATURE_SET_VERSION
@@ -76,6 +115,8 @@ def train_initial(
         "train_rows": int(fit.sum()),
         "calibration_rows": int(cal.sum()),
         "temperature": private.model.temperature,
+        # Which models' weights the direction constraint changed (see never_towards_increase).
+        "direction_constrained": constrained,
         "dp": evaluate(private.model, data.X[held], data.y[held]),
         "non_dp_baseline": evaluate(baseline.model, data.X[held], data.y[held]),
         "sklearn_baseline": evaluate(sklearn.model, data.X[held], data.y[held]),

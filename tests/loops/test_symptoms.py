@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from app import simulate
 from app.core import clock
 from app.core.config import Settings
 from app.db import session_factory
@@ -388,7 +389,11 @@ def test_report_without_token_is_401(client: TestClient) -> None:
 
 
 def test_simulation_stores_the_generated_symptoms_once_and_audits_them(
-    engine: Engine, settings: Settings, db: Session, count_audit: Callable[..., int]
+    engine: Engine,
+    settings: Settings,
+    db: Session,
+    count_audit: Callable[..., int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     days, seed = 21, 3
     first = run(engine, settings, n_patients=6, days=days, seed=seed, evaluate=False)
@@ -413,3 +418,24 @@ def test_simulation_stores_the_generated_symptoms_once_and_audits_them(
     assert again.symptom_reports == 0
     assert db.query(SymptomReport).count() == len(expected)
     db.rollback()
+    # A day later the days are re-dated: the ingest refuses all but the new last day (409),
+    # and only that day's symptom reports are added, no re-dated copies of the others.
+    monkeypatch.setattr(simulate, "datetime", _Tomorrow)
+    later = run(engine, settings, n_patients=6, days=days, seed=seed, evaluate=False)
+    assert later.status_counts[409] > 0
+    shifted = Cohort(6, seed, start=datetime.now(UTC).date() - timedelta(days=days - 1))
+    for day in range(days - 1):
+        shifted.simulate_day(day)
+    last = day_reports(shifted.simulate_day(days - 1), shifted.patients, seed=seed)
+    assert later.symptom_reports == len(last)
+    assert db.query(SymptomReport).count() == len(expected) + len(last)
+    db.rollback()
+
+
+class _Tomorrow(datetime):
+    """`datetime` whose now() is a day ahead."""
+
+    @classmethod
+    def now(cls, tz: Any = None) -> _Tomorrow:  # type: ignore[override]
+        real = datetime.now(tz) + timedelta(days=1)
+        return cls.fromtimestamp(real.timestamp(), tz)

@@ -11,6 +11,7 @@ import pytest
 
 from device_ingest.simulator import Cohort, generate_patients
 from mlops.dataset import build, protocol_state
+from mlops.explain import describe, top_factors
 from mlops.features import (
     FEATURE_NAMES,
     FEATURE_SET_VERSION,
@@ -20,6 +21,7 @@ from mlops.features import (
     SymptomPoint,
     compute_features,
 )
+from mlops.model import Standardizer, TitrationModel, centred, linear_from
 from mlops.symptoms import (
     OTHER_NOTE,
     SYMPTOM_CODES,
@@ -27,6 +29,8 @@ from mlops.symptoms import (
     day_sbp,
     probabilities,
 )
+from mlops.training import NEVER_TOWARDS_INCREASE, never_towards_increase
+from policies.envelope import TitrationAction
 
 NY = ZoneInfo("America/New_York")
 AS_OF = datetime(2025, 6, 10, 22, 0, tzinfo=NY)  # 2025-06-11T02:00Z
@@ -217,3 +221,104 @@ def test_training_set_symptom_features_carry_signal_for_decreases() -> None:
     assert count[decrease].mean() > count[~decrease].mean()
     assert data.params["symptoms"] == "clinaiops-sim-symptoms/1"
     assert np.isfinite(count).all()
+
+
+# --- explanations ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "clinician", "patient"),
+    [
+        (
+            "hypotension_symptoms_3d",
+            1.0,
+            "dizziness or fainting reported in 3 days: yes",
+            "you reported feeling dizzy or faint in the last three days",
+        ),
+        (
+            "hypotension_symptoms_3d",
+            0.0,
+            "dizziness or fainting reported in 3 days: no",
+            "you have not reported feeling dizzy or faint in the last three days",
+        ),
+        (
+            "symptom_reports_14d",
+            3.0,
+            "symptom reports in 14 days 3",
+            "you reported symptoms 3 times in the last two weeks",
+        ),
+        (
+            "symptom_reports_14d",
+            1.0,
+            "symptom reports in 14 days 1",
+            "you reported symptoms 1 time in the last two weeks",
+        ),
+        (
+            "symptom_reports_14d",
+            0.0,
+            "symptom reports in 14 days 0",
+            "you have not reported any symptoms in the last two weeks",
+        ),
+    ],
+)
+def test_symptom_features_explain_in_plain_language(
+    name: str, value: float, clinician: str, patient: str
+) -> None:
+    factors = top_factors({name: 0.7}, {name: value}, k=3)
+    assert clinician in describe(factors, TitrationAction.DECREASE, "clinician")
+    assert describe(factors, TitrationAction.DECREASE, "patient") == (
+        f"{patient[0].upper()}{patient[1:]}, so a step down in your dose is suggested."
+    )
+
+
+# --- the direction constraint ------------------------------------------------------------
+
+
+def _noisy_model(seed: int) -> TitrationModel:
+    rng = np.random.default_rng(seed)
+    d = len(FEATURE_NAMES)
+    weight = rng.normal(0.0, 0.5, size=(3, d))
+    i = FEATURE_NAMES.index("hypotension_symptoms_3d")
+    weight[:, i] = (0.1, -0.4, 0.3)  # as DP noise left it: dizziness argues for an increase
+    return TitrationModel(
+        FEATURE_NAMES,
+        Standardizer((0.0,) * d, (1.0,) * d),
+        linear=linear_from(*centred(weight, rng.normal(0.0, 0.5, 3))),
+    )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_never_towards_increase_makes_dizziness_never_raise_an_increase(seed: int) -> None:
+    model = _noisy_model(seed)
+    i = FEATURE_NAMES.index("hypotension_symptoms_3d")
+    rows = np.random.default_rng(seed + 100).normal(0.0, 1.0, size=(200, len(FEATURE_NAMES)))
+    without, with_flag = rows.copy(), rows.copy()
+    without[:, i], with_flag[:, i] = 0.0, 1.0
+    before = model.predict_proba(with_flag)[:, 2] - model.predict_proba(without)[:, 2]
+    assert (before > 0).any()
+
+    assert never_towards_increase(model, NEVER_TOWARDS_INCREASE) == ["hypotension_symptoms_3d"]
+
+    after = model.predict_proba(with_flag)[:, 2] - model.predict_proba(without)[:, 2]
+    assert (after <= 1e-12).all()
+    assert np.allclose(model.weight.sum(axis=0), 0.0)  # still centred
+    assert model.metadata["never_towards_increase"] == "hypotension_symptoms_3d"
+    # Explained, the flag lowers the case for an increase.
+    factors = top_factors(
+        dict(zip(FEATURE_NAMES, model.weight[2] * with_flag[0], strict=True)),
+        dict(zip(FEATURE_NAMES, with_flag[0], strict=True)),
+        k=len(FEATURE_NAMES),
+    )
+    (flag,) = [f for f in factors if f.feature == "hypotension_symptoms_3d"]
+    assert flag.contribution <= 0
+
+
+def test_never_towards_increase_leaves_a_model_that_already_complies() -> None:
+    model = _noisy_model(1)
+    i = FEATURE_NAMES.index("hypotension_symptoms_3d")
+    weight = model.weight
+    weight[:, i] = (0.3, 0.0, -0.3)
+    model.linear = linear_from(weight, model.bias)
+    before = model.weight.copy()
+    assert never_towards_increase(model, NEVER_TOWARDS_INCREASE) == []
+    assert np.array_equal(model.weight, before)
