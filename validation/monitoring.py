@@ -469,7 +469,10 @@ def current_frame(
             if vector.sufficient:  # the model scores only with enough cuff readings
                 rows.append(vector.values)
                 kept.append(pid)
-    frame = pd.DataFrame(rows, columns=list(FEATURE_NAMES), dtype=np.float64)
+    # Indexed by patient id while in memory; nothing stored names a patient.
+    frame = pd.DataFrame(
+        rows, columns=list(FEATURE_NAMES), index=pd.Index(kept, dtype=object), dtype=np.float64
+    )
     devices = _device_models(session, kept, start=end - DEVICE_LOOKBACK, end=end)
     frame[DEVICE_MODEL] = [devices.get(pid, ("", ""))[0] for pid in kept]
     frame[DEVICE_FIRMWARE] = [devices.get(pid, ("", ""))[1] for pid in kept]
