@@ -173,6 +173,128 @@ CELLS = [
         "/api/v1/alerts/00000000-0000-4000-8000-000000000000/escalate",
         _all(403, anon=401, clina=404, clinb=404),
     ),
+    # Patient-clinician loop (issue 6): goals, care plan, visits, messages.
+    Cell(
+        "me-goals",
+        "GET",
+        "/api/v1/me/goals",
+        _all(403, anon=401, pa1=200, clina=404, clinb=404),  # no own record
+    ),
+    Cell(
+        "me-care-plan",
+        "GET",
+        "/api/v1/me/care-plan",
+        _all(403, anon=401, pa1=200, clina=404, clinb=404),  # no own record
+    ),
+    Cell(
+        "me-next-visit",
+        "GET",
+        "/api/v1/me/next-visit",
+        _all(403, anon=401, pa1=200, clina=404, clinb=404),  # no own record
+    ),
+    Cell(
+        "me-messages",
+        "GET",
+        "/api/v1/me/messages",
+        _all(403, anon=401, pa1=200, clina=404, clinb=404),  # no own record
+    ),
+    Cell(
+        "me-thread-unknown",
+        "GET",
+        "/api/v1/me/messages/00000000-0000-4000-8000-000000000000",
+        _all(403, anon=401, pa1=404, clina=404, clinb=404),
+    ),
+    Cell(
+        "goals-pa1",
+        "GET",
+        "/api/v1/patients/{pa1}/goals",
+        _all(403, anon=401, pa1=200, clina=200, clinb=404),
+    ),
+    Cell(
+        "goals-pb1",
+        "GET",
+        "/api/v1/patients/{pb1}/goals",
+        _all(403, anon=401, pa1=404, clina=404, clinb=200),
+    ),
+    Cell(
+        "goal-agree-unknown",
+        "POST",
+        "/api/v1/goals/00000000-0000-4000-8000-000000000000/agree",
+        _all(403, anon=401, pa1=404, clina=404, clinb=404),
+    ),
+    Cell(
+        "care-plan-pa1",
+        "GET",
+        "/api/v1/patients/{pa1}/care-plan",
+        _all(403, anon=401, pa1=200, clina=200, clinb=404),
+    ),
+    Cell(
+        "care-plan-versions-pb1",
+        "GET",
+        "/api/v1/patients/{pb1}/care-plan/versions",
+        _all(403, anon=401, pa1=404, clina=404, clinb=200),
+    ),
+    Cell(
+        "care-plan-note-pa1",
+        "PUT",
+        "/api/v1/patients/{pa1}/care-plan/note",
+        _all(403, anon=401, clina=422, clinb=404),  # granted; no body sent
+    ),
+    Cell(
+        "fhir-careplan-pa1",
+        "GET",
+        "/fhir/R4/CarePlan?patient={pa1}",
+        _all(403, anon=401, pa1=200, clina=200, clinb=404),
+    ),
+    Cell(
+        "next-visit-pa1",
+        "GET",
+        "/api/v1/patients/{pa1}/next-visit",
+        _all(403, anon=401, pa1=200, clina=200, clinb=404),
+    ),
+    Cell(
+        "next-visit-override-pa1",
+        "PUT",
+        "/api/v1/patients/{pa1}/next-visit",
+        _all(403, anon=401, clina=422, clinb=404),  # granted; no body sent
+    ),
+    Cell("visits-due", "GET", "/api/v1/visits/due", _all(403, anon=401, clina=200, clinb=200)),
+    Cell(
+        "previsit-pa1",
+        "GET",
+        "/api/v1/patients/{pa1}/previsit-summary",
+        _all(403, anon=401, clina=200, clinb=404),
+    ),
+    Cell(
+        "previsit-pdf-pb1",
+        "GET",
+        "/api/v1/patients/{pb1}/previsit-summary.pdf",
+        _all(403, anon=401, clina=404, clinb=200),
+    ),
+    Cell(
+        "messages-pa1",
+        "GET",
+        "/api/v1/patients/{pa1}/messages",
+        _all(403, anon=401, pa1=200, clina=200, clinb=404),
+    ),
+    Cell(
+        "messages-unread",
+        "GET",
+        "/api/v1/messages/unread",
+        _all(403, anon=401, clina=200, clinb=200),
+    ),
+    Cell(
+        "thread-unknown",
+        "GET",
+        "/api/v1/messages/threads/00000000-0000-4000-8000-000000000000",
+        _all(403, anon=401, pa1=404, clina=404, clinb=404),
+    ),
+    Cell(
+        "thread-reply-unknown",
+        "POST",
+        "/api/v1/messages/threads/00000000-0000-4000-8000-000000000000",
+        _all(403, anon=401, pa1=404, clina=404, clinb=404),
+    ),
     # Clinician review portal: HTML pages. Signed out, a page sends the browser to sign in
     # (303); a refusal is an HTML page with the policy's status (403, or 404 outside the care
     # team as for an unknown id). Bearer callers are not asked for a CSRF token, so the
@@ -271,6 +393,52 @@ CELLS = [
         "POST",
         "/portal/alerts/{alert_pb1}/escalate",
         _all(403, anon=303, clina=404, clinb=422),  # granted; a note is required
+    ),
+    Cell(
+        "portal-care-pa1",
+        "GET",
+        "/portal/patients/{pa1}/care",
+        _all(403, anon=303, pa1=200, clina=200, clinb=404),
+    ),
+    Cell(
+        "portal-care-history-pb1",
+        "GET",
+        "/portal/patients/{pb1}/care/history",
+        _all(403, anon=303, pa1=404, clina=404, clinb=200),
+    ),
+    Cell(
+        "portal-care-goal-pa1",
+        "POST",
+        "/portal/patients/{pa1}/care/goals",
+        _all(403, anon=303, pa1=422, clina=422, clinb=404),  # granted; no form sent
+    ),
+    Cell(
+        "portal-visits-due", "GET", "/portal/visits/due", _all(403, anon=303, clina=200, clinb=200)
+    ),
+    Cell(
+        "portal-previsit-pa1",
+        "GET",
+        "/portal/patients/{pa1}/previsit",
+        _all(403, anon=303, clina=200, clinb=404),
+    ),
+    Cell(
+        "portal-override-pb1",
+        "POST",
+        "/portal/patients/{pb1}/next-visit/override",
+        _all(403, anon=303, clina=404, clinb=422),  # granted; no form sent
+    ),
+    Cell("portal-messages", "GET", "/portal/messages", _all(403, anon=303, clina=200, clinb=200)),
+    Cell(
+        "portal-messages-pa1",
+        "GET",
+        "/portal/patients/{pa1}/messages",
+        _all(403, anon=303, pa1=200, clina=200, clinb=404),
+    ),
+    Cell(
+        "portal-thread-unknown",
+        "GET",
+        "/portal/messages/00000000-0000-4000-8000-000000000000",
+        _all(403, anon=303, pa1=404, clina=404, clinb=404),
     ),
 ]
 

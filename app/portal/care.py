@@ -28,7 +28,7 @@ from app.portal.web import router as router
 from audit import service as audit
 from audit.models import Outcome
 from loops.care import service
-from loops.care.models import Goal, GoalKind, GoalStatus
+from loops.care.models import CarePlanVersion, Goal, GoalKind, GoalStatus
 from loops.care.plain import KIND_LABELS
 from loops.care.progress import Progress
 
@@ -479,7 +479,7 @@ def care_history(
     rows = rows[:HISTORY_PAGE]
     # What changed from the version before each (the one after it in this list, or the next
     # page's first, which is fetched as the extra row).
-    older = [*rows[1:], None]
+    older: list[CarePlanVersion | None] = [*rows[1:], None] if rows else []
     if more:
         extra = service.plan_versions(
             session, patient_id=patient_id, limit=1, offset=page * HISTORY_PAGE

@@ -289,3 +289,14 @@ def test_care_page_when_signed_out_redirects_to_sign_in(client: TestClient, worl
     r = client.get(f"/portal/patients/{pid}/care", follow_redirects=False)
     assert r.status_code == 303
     assert r.headers["location"].startswith("/portal/login?next=")
+
+
+def test_history_page_when_plan_never_opened_shows_no_versions(
+    browser_for: Callable[[str], tuple[TestClient, str]], world: World
+) -> None:
+    # A patient whose plan nobody has read yet has no version: the page says so, no error.
+    pid = world.patients["pb1"].id
+    c, _ = browser_for("clinb")
+    r = c.get(f"/portal/patients/{pid}/care/history")
+    assert r.status_code == 200, r.text
+    assert "data-plan-version" not in r.text
