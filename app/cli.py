@@ -40,6 +40,8 @@ models_cli = typer.Typer(help="Train and inspect titration models.", no_args_is_
 loop_cli = typer.Typer(help="Run the patient-AI loop.", no_args_is_help=True)
 cli.add_typer(models_cli, name="models")
 cli.add_typer(loop_cli, name="loop")
+visits_cli = typer.Typer(help="Visit cadence: each patient's next review.", no_args_is_help=True)
+cli.add_typer(visits_cli, name="visits")
 console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 
@@ -161,11 +163,12 @@ def demo(
     init()
     settings = _settings()
     from app.seed import DEMO_SEED
-    from mlops import registry
+    from mlops import serving
 
     with session_scope(readonly=True) as session:
         first_run = session.scalars(select(col(User.id))).first() is None
-        has_model = registry.production(session) is not None
+        # A usable one: a model trained on an earlier feature set is refused, so train anew.
+        has_model = serving.production(session) is not None
     seed(demo=True)
     if not has_model:
         models_train_initial(patients=120, days=70, seed=7, epsilon=3.0)
@@ -180,6 +183,8 @@ def demo(
             drift_day=14,
             no_loop=False,
         )
+    # Every demo patient opens with a next visit (and the due list with work).
+    visits_recompute(patient=None)
     serve(host=host, port=port)
 
 
@@ -470,6 +475,7 @@ def simulate(
                 "days": report.days,
                 "requests": report.posted,
                 "status_counts": report.status_counts,
+                "symptom_reports": report.symptom_reports,
                 "evaluations": report.evaluations,
             }
         )
@@ -591,6 +597,53 @@ def loop_run(
         else drain(factory, now=now, predictor=serving.production)
     )
     typer.echo(json.dumps({"evaluated": len(report.evaluated), "failed": len(report.failed)}))
+
+
+@visits_cli.command("recompute")
+def visits_recompute(
+    patient: Annotated[
+        str | None, typer.Option("--patient", help="Only this patient (id); default: all.")
+    ] = None,
+) -> None:
+    """Recompute the next visit (cadence rule) of one patient or of every patient."""
+    from app.core import clock
+    from app.patients.models import Patient
+    from loops.visits import service as visits
+
+    now = clock.utcnow()
+    with session_scope() as session:
+        if patient is not None:
+            if session.get(Patient, patient) is None:
+                raise CliError(f"no patient with id {patient}")
+            done = visits.recompute(session, patient_id=patient, now=now)
+            totals = visits.counts([done])
+            _record(
+                session,
+                "visit.recompute",
+                resource_type="visit",
+                resource_id=done.visit.id,
+                patient_id=patient,
+                details={"trigger": "cli", **totals},
+            )
+            session.commit()
+            typer.echo(
+                json.dumps(
+                    {
+                        **totals,
+                        "patient": patient,
+                        "kind": done.visit.kind,
+                        "due_by": clock.iso(done.visit.due_by),
+                        "reasons": list(done.visit.reasons),
+                    }
+                )
+            )
+            return
+        totals = visits.recompute_all(session, now=now)
+        _record(
+            session, "visit.recompute", resource_type="visit", details={"trigger": "cli", **totals}
+        )
+        session.commit()
+    typer.echo(json.dumps(totals))
 
 
 def main() -> None:
