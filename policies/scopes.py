@@ -11,6 +11,9 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
             "patient/MedicationRequest.rsu",
             "patient/CarePlan.rs",
             "patient/Device.rsu",
+            "patient/Goal.rsu",
+            "patient/Appointment.rs",
+            "patient/Communication.crs",
         }
     ),
     "clinician": frozenset(
@@ -20,6 +23,9 @@ ROLE_SCOPES: dict[str, frozenset[str]] = {
             "user/MedicationRequest.cruds",
             "user/CarePlan.cruds",
             "user/Device.cruds",
+            "user/Goal.cruds",
+            "user/Appointment.rsu",
+            "user/Communication.crs",
         }
     ),
     # Auditors read quarantined readings (rejected-data review), never write.
@@ -55,6 +61,13 @@ RESOURCE_TYPES: dict[str, str] = {
     # Clinician review: proposals are MedicationRequests, an envelope is part of the care plan.
     "proposal": "MedicationRequest",
     "envelope": "CarePlan",
+    # Patient-clinician loop: FHIR's own types for each; a symptom report is an Observation.
+    "goal": "Goal",
+    "care_plan": "CarePlan",
+    "visit": "Appointment",
+    "previsit_summary": "Appointment",
+    "message": "Communication",
+    "symptom": "Observation",
 }
 
 ACTION_PERMISSIONS: dict[str, str] = {
@@ -74,6 +87,8 @@ ACTION_PERMISSIONS: dict[str, str] = {
     "decide": "u",
     "write": "u",
     "panel": "s",
+    "send": "c",
+    "report": "c",
 }
 
 

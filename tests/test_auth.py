@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jwt
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import PASSWORD, FrozenClock, World
@@ -183,6 +184,41 @@ def test_token_when_scope_narrowed_limits_access(client: TestClient, world: Worl
     refused = client.get(f"/api/v1/patients/{world.patients['pa1'].id}", headers=headers)
     assert refused.status_code == 403
     assert refused.json()["code"] == "insufficient_scope"
+
+
+@pytest.mark.parametrize(
+    ("scope", "method", "path", "allowed"),
+    [
+        ("patient/Observation.crs", "GET", "/api/v1/me/messages", False),
+        ("patient/Communication.crs", "GET", "/api/v1/me/messages", True),
+        ("patient/Goal.rsu", "POST", "/api/v1/me/messages", False),
+        ("patient/Observation.crs", "GET", "/api/v1/me/goals", False),
+        ("patient/Goal.rsu", "GET", "/api/v1/me/goals", True),
+        ("patient/Communication.crs", "POST", "/api/v1/me/goals", False),
+        ("patient/Goal.rsu", "GET", "/api/v1/me/care-plan", False),
+        ("patient/CarePlan.rs", "GET", "/api/v1/me/care-plan", True),
+        ("patient/CarePlan.rs", "GET", "/api/v1/me/next-visit", False),
+        ("patient/Appointment.rs", "GET", "/api/v1/me/next-visit", True),
+        ("patient/Communication.crs", "GET", "/api/v1/me/symptoms", False),
+        ("patient/Observation.crs", "GET", "/api/v1/me/symptoms", True),
+    ],
+)
+def test_token_when_narrowed_covers_only_its_patient_clinician_acts(
+    client: TestClient, world: World, scope: str, method: str, path: str, allowed: bool
+) -> None:
+    # An app that asked only for messaging cannot read goals, and so on: each route of the
+    # patient-clinician loop is guarded by its FHIR type (policies/scopes.py). A client asks
+    # for scopes as the role holds them; it gets the intersection.
+    r = client.post(
+        "/api/v1/auth/token", data={"username": "pa1", "password": PASSWORD, "scope": scope}
+    )
+    headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    response = client.request(method, path, headers=headers, json={})
+    if allowed:
+        assert response.status_code in (200, 422), response.text
+    else:
+        assert response.status_code == 403
+        assert response.json()["code"] == "insufficient_scope"
 
 
 def test_authorization_header_when_not_bearer_is_refused(client: TestClient, world: World) -> None:
