@@ -274,7 +274,8 @@ class Attribution:
 
 def attribute(segments: Sequence[SegmentDrift]) -> list[Attribution]:
     """The segments drift is located in: a segment's drifted feature counts when a sibling
-    segment (same dimension, tested on that feature) did not drift on it.
+    segment (same dimension, tested on that feature) did not drift on it. Ordered device
+    models first, then subgroups, strongest first within each.
 
     Drift everywhere in a dimension (a seasonal shift, a new population) is attributed to no
     segment of it; drift in one device model's readings is attributed to that model alone."""
@@ -300,8 +301,15 @@ def attribute(segments: Sequence[SegmentDrift]) -> list[Attribution]:
                 found.append(
                     Attribution(dimension, segment.value, tuple(located), tuple(sorted(steady)))
                 )
-    found.sort(key=lambda a: max(_strength(c) for c in a.columns), reverse=True)
+    # Device models first, then the subgroups (in DIMENSIONS order), each strongest first:
+    # a device reading high shifts every subgroup its users belong to, so a device model is
+    # the first explanation to try (see `validation.monitoring`'s explaining away).
+    found.sort(key=lambda a: (_rank(a.dimension), -max(_strength(c) for c in a.columns)))
     return found
+
+
+def _rank(dimension: str) -> int:
+    return DIMENSIONS.index(dimension) if dimension in DIMENSIONS else len(DIMENSIONS)
 
 
 # ------------------------------------------------------------------------------ concept drift

@@ -295,6 +295,8 @@ class Analysis:
     predictions: list[ColumnDrift]
     segments: list[SegmentDrift]
     attributions: list[Attribution]
+    # Segments whose drift disappears without the rows of a stronger located segment.
+    explained: list[dict[str, Any]] = field(default_factory=list)
     evidently: dict[str, Any] = field(default_factory=dict)
     html: str | None = None
 
@@ -341,6 +343,9 @@ def analyse(
     )
     tested, document, page = _run(current, reference, overall, preset_columns=features, html=html)
     segments = _segments(current, reference, features, thresholds)
+    located, explained = _explain_away(
+        current, reference, segments, drift.attribute(segments), thresholds
+    )
     in_features = set(features)
     return Analysis(
         n_current=len(current),
@@ -349,7 +354,8 @@ def analyse(
         skipped=overall.skipped,
         predictions=[c for c in tested if c.column not in in_features],
         segments=segments,
-        attributions=drift.attribute(segments),
+        attributions=located,
+        explained=explained,
         evidently=document,
         html=page,
     )
@@ -391,6 +397,67 @@ def _segments(
         results = _tests(cur, ref, _with_alpha(plan, alpha))
         found.append(SegmentDrift(dimension, value, len(cur), len(ref), scope, tuple(results)))
     return found
+
+
+def _explain_away(
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    segments: Sequence[SegmentDrift],
+    candidates: Sequence[Attribution],
+    thresholds: Thresholds,
+) -> tuple[list[Attribution], list[dict[str, Any]]]:
+    """Keep located segments strongest first; drop one whose drift vanishes once the rows of
+    the segments kept before it are left out (on both sides).
+
+    A device model reading high moves every subgroup a little, in proportion to how many of
+    its patients use that model; near a threshold some subgroups cross it and their siblings
+    do not. Retesting without the stronger segment's rows tells a subgroup that drifts by
+    itself from one that only carries part of another segment's drift."""
+    if len(candidates) < 2:
+        return list(candidates), []
+    cur_labels, ref_labels = segment_labels(current), segment_labels(reference)
+    scopes = {(s.dimension, s.value): s.reference_scope for s in segments}
+    kept: list[Attribution] = []
+    explained: list[dict[str, Any]] = []
+    for candidate in candidates:
+        if kept:
+            cur_rows = cur_labels[candidate.dimension] == candidate.value
+            ref_rows = (
+                ref_labels[candidate.dimension] == candidate.value
+                if scopes.get((candidate.dimension, candidate.value)) == "segment"
+                else pd.Series(True, index=reference.index)
+            )
+            for other in kept:
+                cur_rows &= cur_labels[other.dimension] != other.value
+                ref_rows &= ref_labels[other.dimension] != other.value
+            cur, ref = current[cur_rows], reference[ref_rows]
+            still: list[ColumnDrift] = []
+            if min(len(cur), len(ref)) >= thresholds.min_segment_rows:
+                plan = _Plan(
+                    {
+                        c.column: TestChoice(
+                            c.method,
+                            c.threshold,
+                            c.method == Stattest.Z or c.method == Stattest.JENSEN_SHANNON,
+                        )
+                        for c in candidate.columns
+                    },
+                    {},
+                    len(cur),
+                    len(ref),
+                )
+                still = [c for c in _tests(cur, ref, plan) if c.drifted]
+            if not still:
+                explained.append(
+                    {
+                        "dimension": candidate.dimension,
+                        "value": candidate.value,
+                        "explained_by": [f"{k.dimension}={k.value}" for k in kept],
+                    }
+                )
+                continue
+        kept.append(candidate)
+    return kept, explained
 
 
 # ------------------------------------------------------------------------------ predictions

@@ -284,6 +284,7 @@ def create_drift_report(
         "predictions": [c.as_dict() for c in analysis.predictions] if analysis else [],
         "segments": [_segment_summary(s) for s in analysis.segments] if analysis else [],
         "attributions": [a.as_dict() for a in attributions],
+        "explained": list(analysis.explained) if analysis else [],
         "override": override.as_dict(),
     }
     text = drift.headline(

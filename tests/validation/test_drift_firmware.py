@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from device_ingest.simulator import FirmwareDrift, Scenario
+from mlops.features import FEATURE_NAMES
 from tests.validation.drift_sim import A_AND_D, OMRON, frame, simulate
 from validation.drift import P_VALUE_TESTS, Stattest, Thresholds
 from validation.monitoring import PREDICTED_ACTION, Analysis, analyse, with_predictions
@@ -119,3 +120,27 @@ def test_analyse_when_model_outputs_given_tests_prediction_drift(
     assert {c.column for c in found.predictions} == {PREDICTED_ACTION, "p_increase"}
     assert {c.column for c in found.drifted_predictions} == {PREDICTED_ACTION, "p_increase"}
     assert set(current[PREDICTED_ACTION]) <= {"hold", "increase"}
+
+
+def _synthetic(rows: int, rng: np.random.Generator, *, shift: float) -> pd.DataFrame:
+    """Random features; device A's users are mostly in their fifties, and their systolic
+    readings are `shift` standard deviations high."""
+    frame = pd.DataFrame(
+        rng.normal(0.0, 1.0, (rows, len(FEATURE_NAMES))), columns=list(FEATURE_NAMES)
+    )
+    fifties = rng.random(rows) < 0.5
+    frame["age_band"] = np.where(fifties, 2.0, 3.0)
+    frame["device_model"] = np.where(rng.random(rows) < np.where(fifties, 0.8, 0.2), "A", "B")
+    for name in ("sex_female", "sex_male", "diabetes", "ckd"):
+        frame[name] = 0.0
+    frame.loc[frame["device_model"] == "A", "cuff_sbp_mean_7d"] += shift
+    return frame
+
+
+def test_analyse_when_device_drift_spills_into_subgroup_explains_subgroup_away() -> None:
+    rng = np.random.default_rng(4)
+    found = analyse(_synthetic(3000, rng, shift=0.35), _synthetic(3000, rng, shift=0.0), html=False)
+    assert [(a.dimension, a.value) for a in found.attributions] == [("device_model", "A")]
+    assert found.explained == [
+        {"dimension": "age_band", "value": "50-59", "explained_by": ["device_model=A"]}
+    ]

@@ -180,16 +180,18 @@ def test_attribute_when_alone_in_its_dimension_names_none() -> None:
     assert attribute([_seg("device_model", "Omron HEM-7361T", cuff_sbp_mean_7d=1e-9)]) == []
 
 
-def test_attribute_when_several_located_orders_strongest_first() -> None:
+def test_attribute_when_several_located_orders_device_models_first_then_strongest() -> None:
     segments = [
-        _seg("device_model", "A", x=1e-4),
-        _seg("device_model", "B", x=0.5),
         _seg("age_band", "<40", y=1e-12),
         _seg("age_band", "40-49", y=0.3),
+        _seg("age_band", "50-59", y=1e-6),
+        _seg("device_model", "A", x=1e-4),
+        _seg("device_model", "B", x=0.5),
     ]
     assert [(a.dimension, a.value) for a in attribute(segments)] == [
-        ("age_band", "<40"),
         ("device_model", "A"),
+        ("age_band", "<40"),
+        ("age_band", "50-59"),
     ]
 
 
