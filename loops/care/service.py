@@ -23,7 +23,7 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -62,6 +62,8 @@ from policies.models import SafetyEnvelope
 
 SYSTEM_ACTOR = "system:care_plan"
 CONTENT_SCHEMA = 1
+# Advisory-lock class of a patient's goal changes (two-key form: its own key space).
+_GOAL_LOCK_CLASS = 0x474F41
 SNAPSHOT_CHUNK = 500
 LOG_MAX_AGE_DAYS = 90
 # A patient east of UTC may log "today" while it is still yesterday in UTC.
@@ -274,10 +276,15 @@ def goal_patient(session: Session, goal_id: str) -> str | None:
 
 
 def _locked_goal(session: Session, goal_id: str, patient_id: str) -> Goal:
-    # The patient's row first, then the goal: agreements of one patient's goals queue here
+    # The patient's lock first, then the goal: agreements of one patient's goals queue here
     # on PostgreSQL, so two goals of a kind cannot both end up agreed (SQLite writers are
-    # serial already and ignore FOR UPDATE).
-    session.execute(select(col(Patient.id)).where(col(Patient.id) == patient_id).with_for_update())
+    # serial already). An advisory lock, as for envelope edits: the application role may
+    # not lock `patients` rows FOR UPDATE (docs/postgresql.md).
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:kind, hashtext(:patient))"),
+            {"kind": _GOAL_LOCK_CLASS, "patient": patient_id},
+        )
     goal = session.scalars(
         select(Goal)
         .where(col(Goal.id) == goal_id, col(Goal.patient_id) == patient_id)
