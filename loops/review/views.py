@@ -919,6 +919,9 @@ class PanelEntry(BaseModel):
     pending_proposals: int
     next_review_due: datetime | None
     review_overdue: bool
+    next_visit_due: datetime | None
+    next_visit_kind: str | None
+    next_visit_overridden: bool
 
 
 @router.get("/review/panel", response_model=list[PanelEntry])
@@ -957,6 +960,9 @@ def review_panel(
             pending_proposals=r.pending_proposals,
             next_review_due=r.next_review_due,
             review_overdue=r.review_overdue,
+            next_visit_due=r.next_visit_due,
+            next_visit_kind=r.next_visit_kind,
+            next_visit_overridden=r.next_visit_overridden,
         )
         for r in rows
     ]

@@ -14,6 +14,7 @@ from app.core import clock
 from loops.models import Alert, AlertStatus, MedicationRegimen, Proposal
 from loops.review import service as review
 from loops.review.models import AlertEscalation
+from loops.visits import service as visits
 from tests.conftest import World
 
 
@@ -133,3 +134,22 @@ def test_panel_when_patients_differ_shows_control_alerts_and_pending(
     theirs = client.get("/api/v1/review/panel", headers=world.auth("clinb")).json()
     assert {r["patient"]["pseudonym"] for r in theirs} == {"P-PB1", "P-PB2"}
     assert {r["control"] for r in theirs} == {"no_data"}
+
+
+def test_panel_when_visit_due_shows_it_as_next_review(
+    client: TestClient,
+    world: World,
+    regimens: dict[str, MedicationRegimen],
+    add_readings: Callable[..., None],
+) -> None:
+    add_readings("pa2", 122, 76, days=2)
+    visit = visits.recompute(
+        world.session, patient_id=world.patients["pa2"].id, now=clock.utcnow()
+    ).visit
+    world.session.commit()
+    rows = client.get("/api/v1/review/panel", headers=world.auth("clina")).json()
+    pa2 = next(r for r in rows if r["patient"]["pseudonym"] == "P-PA2")
+    # No proposal waits, so the next review is the due visit the cadence rule set.
+    assert pa2["next_visit_due"].startswith(clock.iso(visit.due_by)[:19])
+    assert pa2["next_review_due"] == pa2["next_visit_due"]
+    assert (pa2["next_visit_kind"], pa2["next_visit_overridden"]) == (visit.kind, False)
