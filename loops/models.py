@@ -169,6 +169,7 @@ class Evaluation(SQLModel, table=True):
     trigger: str = Field(max_length=32)
     as_of: datetime = Field(sa_type=UTCDateTime)
     model_version: str | None = Field(default=None, max_length=64)
+    model_ms: float | None = None  # the model's scoring time, for the canary's latency check
     feature_hash: str | None = Field(default=None, max_length=64)
     envelope_version: int | None = None
     outcome: str = Field(max_length=32)

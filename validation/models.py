@@ -79,3 +79,25 @@ class DriftReport(SQLModel, table=True):
     html_sha256: str | None = Field(default=None, max_length=64)
     json_path: str | None = Field(default=None, max_length=300)
     json_sha256: str | None = Field(default=None, max_length=64)
+
+
+class GateResult(SQLModel, table=True):
+    """One validation gate's verdict on a model version, with its evidence; never updated."""
+
+    __tablename__ = "gate_results"
+    __table_args__ = (Index("ix_gate_results_model", "model_name", "version", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(max_length=64)
+    version: int
+    gate: str = Field(max_length=64)  # e.g. holdout_noninferiority, calibration, subgroups
+    passed: bool
+    champion_version: int | None = None
+    measured: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    threshold: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    detail: str = Field(default="", max_length=2000)  # which check failed and by how much
+    evidence_path: str | None = Field(default=None, max_length=300)
+    evidence_sha256: str | None = Field(default=None, max_length=64)
+    run_id: str = Field(max_length=36)  # the gates of one validation run share it
+    created_by: str = Field(max_length=100)
+    created_at: datetime = Field(sa_type=UTCDateTime)
