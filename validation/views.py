@@ -25,7 +25,7 @@ PREFIX = "/api/v1/monitoring/drift-reports"
 # scripts may run, but in a sandbox with an opaque origin (no cookies, no storage, no requests
 # anywhere), framed only by our own pages.
 EVIDENTLY_CSP = (
-    "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; "
+    "default-src 'none'; script-src 'unsafe-inline'; "
     "style-src 'unsafe-inline'; img-src data: blob:; font-src data:; connect-src 'none'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'self'; sandbox allow-scripts"
 )
