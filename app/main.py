@@ -31,6 +31,7 @@ from loops.messages import views as message_views
 from loops.review import views as review_views
 from loops.visits import views as visit_views
 from loops.worker import LoopWorker
+from mlops import views as model_views
 
 
 @asynccontextmanager
@@ -78,6 +79,7 @@ ROUTERS = (
     care_views.fhir_router,
     visit_views.router,
     message_views.router,
+    model_views.router,
 )
 
 
