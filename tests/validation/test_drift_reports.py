@@ -373,6 +373,7 @@ def test_drift_pages_when_ml_engineer_signed_in_show_report_and_sandboxed_frame(
     assert listing.status_code == 200
     assert f"/portal/monitoring/drift/{stored_report.id}" in listing.text
     assert "Run a report now" in listing.text
+    assert 'href="/portal/monitoring/drift" aria-current="page"' in listing.text  # the nav
     page = web.get(f"/portal/monitoring/drift/{stored_report.id}")
     assert page.status_code == 200
     assert stored_report.headline in page.text
