@@ -21,7 +21,8 @@ from device_ingest import service as devices
 from device_ingest.models import DeviceClass, MedicationEvent, Reading
 from device_ingest.simulator import Cohort, DayOutput, FirmwareDrift, Scenario
 from loops import service as loops
-from loops.models import Evaluation
+from loops.models import Evaluation, Proposal
+from loops.review.models import Decision
 from mlops import dataset, registry
 from mlops.features import FEATURE_NAMES
 from mlops.models import ModelStatus
@@ -407,3 +408,81 @@ def test_drift_pages_when_ml_engineer_runs_report_redirects_to_it(
     assert r.status_code == 303
     assert r.headers["location"].startswith("/portal/monitoring/drift/")
     assert web.get(r.headers["location"]).status_code == 200
+
+
+def _decisions(world: World, when: datetime, *, kinds: list[str]) -> None:
+    """Signed decisions at `when`, one per kind, each on its own proposal of pa1."""
+    s = world.session
+    pid = world.patients["pa1"].id
+    ladder = loops.create_ladder(s, drug="amlodipine", steps=[2.5, 5.0, 10.0])
+    regimen = loops.start_regimen(s, patient_id=pid, ladder=ladder)
+    clinician = world.users["clina"].id or 0
+    for kind in kinds:
+        proposal = Proposal(
+            patient_id=pid,
+            regimen_id=regimen.id,
+            model_version="titration:v1",
+            feature_hash="0" * 64,
+            features={},
+            action="increase",
+            from_step=0,
+            to_step=1,
+            from_dose=2.5,
+            to_dose=5.0,
+            probabilities={"increase": 0.8},
+            confidence=0.8,
+            explanation={},
+            route="clinician_review",
+            status={"approve": "approved", "modify": "modified", "reject": "rejected"}[kind],
+            created_at=when,
+        )
+        s.add(proposal)
+        s.flush()
+        s.add(
+            Decision(
+                proposal_id=proposal.id,
+                patient_id=pid,
+                user_id=clinician,
+                kind=kind,
+                from_step=0,
+                proposed_step=1,
+                decided_step=1 if kind == "approve" else 0,
+                from_dose=2.5,
+                proposed_dose=5.0,
+                decided_dose=5.0 if kind == "approve" else 2.5,
+                feature_hash="0" * 64,
+                features={},
+                model_version="titration:v1",
+                proposal_action="increase",
+                probabilities={"increase": 0.8},
+                confidence=0.8,
+                label_action="increase" if kind == "approve" else "hold",
+                signer_user_id=clinician,
+                signer_printed_name="Clina",
+                signer_username="clina",
+                meaning="x",
+                signed_at=when,
+                record_hash="0" * 64,
+                signature="0" * 64,
+                key_id="0" * 64,
+            )
+        )
+    s.commit()
+
+
+def test_run_drift_job_when_overrides_rise_alerts_on_override_rate(
+    world: World, count_audit: Callable[..., int]
+) -> None:
+    now = datetime(2026, 12, 6, tzinfo=UTC)
+    _decisions(world, now - timedelta(days=10), kinds=["approve"] * 22 + ["modify"] * 3)
+    _decisions(
+        world, now - timedelta(days=2), kinds=["approve"] * 15 + ["reject"] * 5 + ["modify"] * 5
+    )
+    report = service.run_drift_job(session=world.session, now=now, settings=world.settings)
+    world.session.commit()
+    override = report.summary["override"]
+    assert (override["current_overridden"], override["current_decided"]) == (10, 25)
+    assert (override["previous_overridden"], override["previous_decided"]) == (3, 25)
+    assert (override["alert"], override["reason"]) == (True, "increase")
+    assert (report.status, report.summary["reasons"]) == ("alert", ["override_rate"])
+    assert "override rate 40% (was 12%)" in report.headline
