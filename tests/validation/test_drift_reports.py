@@ -115,7 +115,7 @@ def store(world: World) -> Callable[..., Stored]:
                         "source_format": "fhir",
                         "payload_sha256": "0" * 64,
                         "received_at": r.time,
-                        "natural_key": f"{did}-{r.time.isoformat()}",
+                        "natural_key": _key(f"{did}-{r.time.isoformat()}"),
                         "context": {},
                         "calibration_systolic": 0.0,
                         "calibration_diastolic": 0.0,
@@ -135,7 +135,7 @@ def store(world: World) -> Callable[..., Stored]:
                         "effective_raw": e.time.isoformat(),
                         "payload_sha256": "0" * 64,
                         "received_at": e.time,
-                        "natural_key": f"{did}-dose-{e.time.isoformat()}",
+                        "natural_key": _key(f"{did}-dose-{e.time.isoformat()}"),
                     }
                 )
         s.execute(insert(Reading), readings)
@@ -155,6 +155,10 @@ def store(world: World) -> Callable[..., Stored]:
         return cohort, outputs, when
 
     return run
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def cohort_model(cohort: Cohort, pseudonym: str) -> str:
