@@ -31,6 +31,7 @@ from app.patients import service as patients
 from app.portal import care as care  # each page module registers its pages on the router
 from app.portal import drafts
 from app.portal import messages as messages
+from app.portal import monitoring as monitoring
 from app.portal import pages as pages
 from app.portal import visits as visits
 from app.portal.web import HERE, LOGIN_CSRF_COOKIE, login_page, safe_next, templates
