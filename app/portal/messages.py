@@ -229,7 +229,7 @@ def thread_page(
         Access,
         require("message", "read", patient_from=_thread_patient, audit_as="message.read"),
     ],
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=service.MAX_ID)] = None,
     notice: Annotated[str, Query(max_length=32)] = "",
 ) -> Response:
     """A conversation, oldest message first, with the reply form and close or reopen."""

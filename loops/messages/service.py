@@ -11,7 +11,7 @@ import base64
 import binascii
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     ColumnElement,
@@ -44,6 +44,9 @@ from loops.models import PatientNotice
 
 SUBJECT_MAX = 200
 BODY_MAX = 5000
+# Message ids are 64-bit: a larger `before` cannot name one, and the database driver fails on
+# it (SQLite: "Python int too large to convert"; PostgreSQL: bigint out of range).
+MAX_ID = 2**63 - 1
 # The patient's notice says that something is waiting, never what: message content may be
 # read over a shoulder on a lock screen, and notices are listed with the patient's alerts.
 MESSAGE_WAITING = "message_waiting"
@@ -140,7 +143,10 @@ def decode_cursor(token: str) -> Cursor:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         when, _, thread_id = raw.partition("|")
         at = datetime.fromisoformat(when)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        # In UTC now: an edited cursor such as year 9999 at -14:00 has no UTC time, and would
+        # otherwise overflow only when the database driver converts it.
+        at = at.astimezone(UTC) if at.tzinfo is not None else at
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
         raise ValueError("not a cursor") from exc
     if at.tzinfo is None or not thread_id or len(thread_id) > 36:
         raise ValueError("not a cursor")
@@ -505,10 +511,16 @@ def _notify_patient(session: Session, *, patient_id: str, now: datetime) -> None
         .limit(1)
     )
     if waiting is None:
-        notice = loop_service.notify(
-            session, patient_id=patient_id, kind=MESSAGE_WAITING, text=MESSAGE_WAITING_TEXT
+        # Inserted with its time, not given it afterwards: on PostgreSQL the application role
+        # may only mark a notice read (UPDATE of read_at; docs/postgresql.md).
+        session.add(
+            PatientNotice(
+                patient_id=patient_id,
+                kind=MESSAGE_WAITING,
+                text=MESSAGE_WAITING_TEXT,
+                created_at=now,
+            )
         )
-        notice.created_at = now
         session.flush()
 
 

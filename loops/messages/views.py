@@ -28,6 +28,7 @@ router = APIRouter(prefix="/api/v1", tags=["patient-clinician loop"])
 _ID = Annotated[str, Path(max_length=36)]
 _LIMIT = Annotated[int, Query(ge=1, le=100)]
 _CURSOR = Annotated[str | None, Query(max_length=200)]
+_BEFORE = Annotated[int | None, Query(ge=1, le=service.MAX_ID)]
 
 
 def _own_patient(session: Session, request: Request, principal: Principal) -> str | None:
@@ -399,7 +400,7 @@ def my_thread(
         require("message", "read", patient_from=_my_thread_patient, audit_as="message.read"),
     ],
     limit: Annotated[int, Query(ge=1, le=200)] = 100,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: _BEFORE = None,
 ) -> ThreadDetail:
     """One of the patient's conversations; the care team's messages shown are marked read."""
     return _open(session, access, thread_id, limit=limit, before=before)
@@ -509,7 +510,7 @@ def thread(
         Access, require("message", "read", patient_from=_thread_patient, audit_as="message.read")
     ],
     limit: Annotated[int, Query(ge=1, le=200)] = 100,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: _BEFORE = None,
 ) -> ThreadDetail:
     """A conversation; the patient's messages shown are marked read for the care team."""
     return _open(session, access, thread_id, limit=limit, before=before)
