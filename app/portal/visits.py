@@ -365,12 +365,19 @@ def complete_form(
         require("visit", "write", patient_param="patient_id", audit_as="visit.complete"),
     ],
     note: Annotated[str, Form(max_length=service.MAX_NOTE)] = "",
+    visit_id: Annotated[str, Form(max_length=36)] = "",
 ) -> Response:
-    """Record that the due review took place, with an outcome note; the next is computed."""
+    """Record that the due review took place, with an outcome note; the next is computed.
+    The form names the visit it was shown for, so sending it twice completes one visit."""
     now = clock.utcnow()
     try:
         done, nxt = service.complete(
-            session, patient_id=patient_id, user_id=int(access.principal.id), note=note, now=now
+            session,
+            patient_id=patient_id,
+            user_id=int(access.principal.id),
+            note=note,
+            now=now,
+            visit_id=visit_id or None,
         )
     except service.VisitError as exc:
         _refused(session, access, exc.code)

@@ -17,6 +17,7 @@ from app.patients.models import Patient
 from device_ingest.models import DeviceClass, MedicationEvent, Reading, ReadingStatus
 from loops.alerts import AlertType
 from loops.care.models import Goal, GoalKind, GoalStatus
+from loops.messages.service import strip_controls
 from loops.models import Alert, AlertStatus, MedicationRegimen, RegimenStatus
 from loops.protocol import target as protocol_target
 from loops.service import check_transition
@@ -30,6 +31,9 @@ URGENT_TYPES = (AlertType.CRISIS, AlertType.LOW_BP)
 CHUNK = 200  # patients per batch of fact queries
 MAX_REASON = 1000
 MAX_NOTE = 2000
+# The furthest a clinician may set a review: a year (the rule's longest is six months). A
+# date years out would silently take the patient off every due list.
+MAX_AHEAD = timedelta(days=366)
 
 
 class VisitError(ValueError):
@@ -381,7 +385,7 @@ def override(
 ) -> Visit:
     """A clinician's date and kind, with a reason, in force until the visit is completed or
     cancelled; the rule keeps computing its own date beside it."""
-    reason = reason.strip()
+    reason = clean_text(reason)
     if not reason:
         raise VisitError("reason_required", "say why the date is changed")
     if len(reason) > MAX_REASON:
@@ -392,8 +396,16 @@ def override(
         raise VisitError("invalid_kind", "the kind is visit or call") from exc
     if due_by.tzinfo is None:
         due_by = due_by.replace(tzinfo=UTC)
+    try:
+        due_by = due_by.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 9999-12-31T23:59-14:00: no such time in UTC
+        raise VisitError("invalid_date", "the date is out of range") from exc
     if due_by < now:
         raise VisitError("date_in_past", "the date must not be in the past")
+    if due_by > now + MAX_AHEAD:
+        raise VisitError(
+            "date_too_far", f"the date must be at most {MAX_AHEAD.days} days from today"
+        )
     visit = (
         due_visit(session, patient_id=patient_id)
         or recompute(session, patient_id=patient_id, now=now).visit
@@ -411,13 +423,26 @@ def override(
 
 
 def complete(
-    session: Session, *, patient_id: str, user_id: int, note: str, now: datetime
+    session: Session,
+    *,
+    patient_id: str,
+    user_id: int,
+    note: str,
+    now: datetime,
+    visit_id: str | None = None,
 ) -> tuple[Visit, Visit]:
-    """Complete the due visit with an outcome note; the next one is computed at once."""
+    """Complete the due visit with an outcome note; the next one is computed at once.
+    With `visit_id`, refuse (409 `visit_changed`) unless that visit is the one due."""
     visit = due_visit(session, patient_id=patient_id)
     if visit is None:
         raise VisitError("no_due_visit", "no visit is due for this patient", status=409)
-    note = note.strip()
+    # Completing computes the next visit at once, so a resent form (a double click, a retry)
+    # would otherwise complete that brand-new visit too: the caller names the one it means.
+    if visit_id is not None and visit.id != visit_id:
+        raise VisitError(
+            "visit_changed", "that review is no longer the one due: reload the page", status=409
+        )
+    note = clean_text(note)
     if len(note) > MAX_NOTE:
         raise VisitError("note_too_long", f"the note is limited to {MAX_NOTE} characters")
     _transition(visit, VisitStatus.COMPLETED)
@@ -439,10 +464,16 @@ def cancel(session: Session, *, patient_id: str, user_id: int, note: str, now: d
     _transition(visit, VisitStatus.CANCELLED)
     visit.completed_at = now
     visit.completed_by = user_id
-    visit.outcome_note = note.strip()[:MAX_NOTE]
+    visit.outcome_note = clean_text(note)[:MAX_NOTE]
     session.add(visit)
     session.flush()
     return visit
+
+
+def clean_text(value: str) -> str:
+    """Free text as stored: without control characters other than line breaks and tabs
+    (PostgreSQL refuses NUL in text) and without surrounding blanks."""
+    return strip_controls(value, single_line=False).strip()
 
 
 def _transition(visit: Visit, new: VisitStatus) -> None:

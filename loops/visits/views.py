@@ -240,6 +240,12 @@ class CompleteBody(BaseModel):
     """The outcome of the review, in the clinician's words."""
 
     note: str = Field(default="", max_length=service.MAX_NOTE)
+    visit_id: str | None = Field(
+        default=None,
+        max_length=36,
+        description="the due visit meant (from GET next-visit): a retry then answers 409 "
+        "visit_changed instead of completing the next visit too",
+    )
 
 
 class Completed(BaseModel):
@@ -268,6 +274,7 @@ def complete_next_visit(
             user_id=int(access.principal.id),
             note=body.note,
             now=now,
+            visit_id=body.visit_id,
         )
     except service.VisitError as exc:
         raise _problem(exc) from exc
