@@ -56,6 +56,7 @@ from loops.care.progress import (
     today_of,
     window_start,
 )
+from loops.messages.service import strip_controls
 from loops.models import MedicationRegimen, RegimenStatus, TitrationLadder
 from policies.envelope import EnvelopeRules
 from policies.models import SafetyEnvelope
@@ -129,6 +130,12 @@ class Side(StrEnum):
 
     PATIENT = "patient"
     CLINICIAN = "clinician"
+
+
+def clean_text(value: str) -> str:
+    """Free text as stored: without control characters other than line breaks and tabs
+    (PostgreSQL refuses NUL in text and in JSON) and without surrounding blanks."""
+    return strip_controls(value, single_line=False).strip()
 
 
 def side_of(role: str) -> Side:
@@ -256,7 +263,7 @@ def propose_goal(
         target_value=target_value,
         target_systolic=target_systolic,
         target_diastolic=target_diastolic,
-        note=note.strip(),
+        note=clean_text(note),
         proposed_by=user_id,
         proposed_by_role=side,
         proposed_at=now,
@@ -387,7 +394,7 @@ def decline_goal(
             "own_proposal", "this goal was proposed by your side: withdraw it instead"
         )
     goal.status = GoalStatus.DECLINED
-    goal.closed_at, goal.closed_by, goal.close_reason = now, user_id, reason.strip()
+    goal.closed_at, goal.closed_by, goal.close_reason = now, user_id, clean_text(reason)
     session.add(goal)
     session.flush()
     return GoalChange(goal)
@@ -415,7 +422,7 @@ def withdraw_goal(
             "not_proposer", "only the side that proposed a goal may withdraw it: decline it"
         )
     goal.status = GoalStatus.WITHDRAWN
-    goal.closed_at, goal.closed_by, goal.close_reason = now, user_id, reason.strip()
+    goal.closed_at, goal.closed_by, goal.close_reason = now, user_id, clean_text(reason)
     session.add(goal)
     session.flush()
     plan = None
@@ -869,7 +876,8 @@ def set_note(
 ) -> PlanState:
     """Replace the clinician's note, with a reason; a new version if anything changed.
     With `expected_version`, refuse (409) when someone wrote a newer version since."""
-    if not change_reason.strip():
+    change_reason = clean_text(change_reason)
+    if not change_reason:
         raise CareInvalid("reason_required", "say why the care plan changes", "change_reason")
     latest = latest_version(session, patient_id=patient_id)
     if expected_version is not None and (latest.version if latest else 0) != expected_version:
@@ -887,7 +895,7 @@ def set_note(
         trigger="note",
         created_by=user_id,
         reason=change_reason,
-        note=note.strip(),
+        note=clean_text(note),
     )
 
 
