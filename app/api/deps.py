@@ -304,6 +304,7 @@ AUTHZ_MARK = "__clinaiops_authz__"
 PatientResolver = Callable[[Session, Request, Principal], str | None]
 # A patient id no record has: an unresolvable object is out of every scope (404).
 _UNRESOLVED = "00000000-0000-0000-0000-000000000000"
+_ID_MAX = 36  # patient ids are UUIDs (the audit log's patient_id column holds 36 characters)
 
 
 def require(
@@ -342,8 +343,16 @@ def require(
             session.connection(execution_options={READONLY_OPTION: True})
         principal = authenticate(request, session, settings, audience, csrf_form)
         patient_id = request.path_params.get(patient_param) if patient_param else None
-        if patient_from is not None:
+        if any("\x00" in str(v) for v in request.path_params.values()):
+            # No object has an id with NUL in it, and PostgreSQL refuses NUL in any text it is
+            # asked to compare: resolve nothing (the path's own checks run only after this).
+            patient_id = _UNRESOLVED
+        elif patient_from is not None:
             patient_id = patient_from(session, request, principal) or _UNRESOLVED
+        if patient_id is not None and (len(patient_id) > _ID_MAX or "\x00" in patient_id):
+            # No patient has such an id, and the denial's audit row could not hold it
+            # (PostgreSQL refuses an over-long value and NUL).
+            patient_id = _UNRESOLVED
         decision = policy.decide(
             session,
             principal=principal,
