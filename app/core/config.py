@@ -6,7 +6,7 @@ import logging
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -89,6 +89,22 @@ class Settings(BaseSettings):
     # Argon2id cost; tests lower it (argon2's own minimums still apply).
     argon2_time_cost: Annotated[int, Field(ge=1)] = 3
     argon2_memory_kib: Annotated[int, Field(ge=8)] = 65536
+    # Private retraining (mlops/retrain.py, docs/privacy.md). Each data cohort has a total
+    # privacy budget: the epsilons of every run on it add up (basic sequential composition;
+    # their deltas add up too), and a run that would pass the budget is refused.
+    privacy_budget_epsilon: Annotated[float, Field(gt=0, le=100)] = 10.0
+    # The epsilon one retraining run aims for (an API or CLI argument may ask for another).
+    retrain_target_epsilon: Annotated[float, Field(gt=0, le=20)] = 3.0
+    retrain_accountant: Literal["rdp", "prv"] = "rdp"
+    # A retraining is due after this many clinician decisions since the last snapshot.
+    retrain_min_new_decisions: Annotated[int, Field(ge=1)] = 200
+    # Data checks before training: the smallest usable snapshot.
+    training_min_rows: Annotated[int, Field(ge=1)] = 100
+    training_min_patients: Annotated[int, Field(ge=2)] = 100
+    # Rows one patient may contribute to a snapshot of clinician decisions (the newest). At 1
+    # the DP guarantee covers a whole patient; at k it covers a patient only by group privacy
+    # (k times the epsilon; docs/privacy.md).
+    training_max_rows_per_patient: Annotated[int, Field(ge=1, le=1000)] = 1
 
     @model_validator(mode="after")
     def _fail_fast(self) -> Settings:
