@@ -2,11 +2,11 @@
 whether it is a visit or a call, and why in plain words. See docs/visits.md for the table.
 
 Every rule that applies gives a candidate date; the earliest wins (on the same date a visit
-wins over a call, since a visit covers the call's subject too) and every applying reason is
-listed, most urgent first. Dates count from facts, not from the moment of computing, so a
-daily recompute keeps them where they are: an urgent review from the alert's raising, a
-review after a dose change from the change, the others from the last completed review (or
-enrolment). A date already past is overdue.
+wins over a call, since a visit covers the call's subject too; with an open urgent alert it is
+always a visit) and every applying reason is listed, most urgent first. Dates count from facts,
+not from the moment of computing, so a daily recompute keeps them where they are: an urgent
+review from the alert's raising, a review after a dose change from the change, the others from
+the last completed review (or enrolment). A date already past is overdue.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ class Reason(StrEnum):
     INSUFFICIENT_DATA = "insufficient_data"
     CONTROLLED = "controlled"
     CONTROLLED_STABLE = "controlled_stable"
+
+
+URGENT_REASONS = frozenset({Reason.CRISIS_ALERT, Reason.LOW_BP_ALERT})
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,11 @@ def next_review(facts: CadenceFacts) -> Cadence:
             candidates.append((since + THREE_MONTHS, 0, Reason.CONTROLLED, THREE_MONTHS))
     candidates.sort(key=lambda c: (c[0], c[1]))
     due, call, _, _ = candidates[0]
+    if call and any(c[2] in URGENT_REASONS for c in candidates):
+        # An open crisis or low-BP alert needs the treatment reviewed within 48 hours: a call
+        # due a little earlier (from an old review) must not stand in for that visit, and the
+        # visit covers the call's subject too.
+        call = 0
     kind = VisitKind.CALL if call else VisitKind.VISIT
     reasons = tuple(dict.fromkeys(c[2] for c in candidates))
     return Cadence(kind, due, reasons, explain(facts, kind, reasons, due))
