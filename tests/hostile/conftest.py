@@ -299,3 +299,11 @@ def acts(engine: Engine) -> int:
             )
             or 0
         )
+
+
+@pytest.fixture
+def data_of(world: World) -> Any:
+    """Hand-built device data (readings of any device class) for the cast."""
+    from tests.care.conftest import Data
+
+    return Data(world.session, world)
