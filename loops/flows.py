@@ -11,11 +11,13 @@ run are the same code.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from sqlalchemy import (
@@ -25,6 +27,7 @@ from sqlalchemy import (
     String,
     bindparam,
     func,
+    insert,
     select,
     type_coerce,
 )
@@ -60,6 +63,7 @@ from mlops.features import (
     compute_features,
     feature_matrix,
 )
+from mlops.models import ShadowPrediction
 from policies.envelope import EnvelopeRules, TitrationAction
 from policies.routing import Proposal as RoutingProposal
 from policies.routing import Route, RoutingDecision, route
@@ -68,6 +72,7 @@ from policies.routing import Route, RoutingDecision, route
 HISTORY = timedelta(days=21)
 ACTIONS = (TitrationAction.DECREASE, TitrationAction.HOLD, TitrationAction.INCREASE)
 _DELTA = {TitrationAction.DECREASE: -1, TitrationAction.HOLD: 0, TitrationAction.INCREASE: 1}
+log = logging.getLogger("clinaiops.loop")
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,29 @@ class Predictor(Protocol):
     ) -> list[Explanation]:
         """For each row of x [n, d], SHAP values for its action and their plain-language
         rendering (row-independent, like `predict_proba`)."""
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """A rollout's challenger scoring beside the champion: logged, never delivered."""
+
+    rollout_id: int
+    version: int
+    label: str
+    model: Predictor | None  # None: its artifact is unusable (every row logs the error)
+
+
+@runtime_checkable
+class ServingPlan(Protocol):
+    """A predictor (the champion) that, while a model rollout runs, also says which model
+    serves each patient and which scores in shadow (see mlops.serving.Serving)."""
+
+    def serving(self, patient_id: str) -> tuple[str, Predictor | None]:
+        """The label of the version serving this patient, and its model (None: unusable)."""
+
+    @property
+    def shadow(self) -> Shadow | None:
+        """The challenger to score beside the champion, if the rollout is in shadow."""
 
 
 class Outcome(StrEnum):
@@ -348,6 +376,7 @@ class _Case:
     notices: list[dict[str, Any]] = field(default_factory=list)  # new `patient_notices` rows
     proposal: dict[str, Any] | None = None  # the new `proposals` row
     remeasure_pending: bool = False
+    shadow: dict[str, Any] | None = None  # the new `shadow_predictions` row (no evaluation id)
 
 
 @dataclass(frozen=True)
@@ -427,6 +456,7 @@ def evaluate_many(
                 "trigger": trigger,
                 "as_of": now,
                 "model_version": None,
+                "model_ms": None,
                 "feature_hash": None,
                 "envelope_version": None,
                 "outcome": Outcome.NO_REGIMEN,
@@ -453,13 +483,11 @@ def evaluate_many(
         if not features.sufficient:
             case.evaluation["outcome"] = Outcome.INSUFFICIENT_DATA
             to_nudge.append(case)
-        elif predictor is None:
-            case.evaluation["outcome"] = Outcome.MODEL_UNAVAILABLE
         else:
             to_score.append(on)
     _nudge(session, to_nudge, now)
-    if predictor is not None and to_score:
-        _score(session, to_score, predictor, now)
+    if to_score:
+        _serve(session, to_score, predictor, now)
     results = _write(session, cases)
     _audit(session, results, trigger)
     return results
@@ -579,12 +607,81 @@ def _features(
     )
 
 
-def _score(session: Session, scoring: list[_OnLadder], predictor: Predictor, now: datetime) -> None:
-    """One model forward for every case, routing for each, one batched explanation."""
+def _serve(
+    session: Session, scoring: list[_OnLadder], predictor: Predictor | None, now: datetime
+) -> None:
+    """Score the cases with the model serving each patient: the predictor, or while a
+    rollout runs (a `ServingPlan`) the model of each patient's group, one forward per group.
+    Without a usable model the case stops before a proposal: clinicians decide."""
+    if predictor is None:
+        for on in scoring:
+            on.case.evaluation["outcome"] = Outcome.MODEL_UNAVAILABLE
+        return
+    if not isinstance(predictor, ServingPlan):
+        _score(session, scoring, predictor, now)
+        return
+    groups: dict[str, tuple[Predictor | None, list[_OnLadder]]] = {}
+    for on in scoring:
+        label, model = predictor.serving(on.case.patient.id)
+        groups.setdefault(label, (model, []))[1].append(on)
+    for label, (model, group) in groups.items():
+        if model is None:
+            # The version that should serve these patients is unusable: recorded under its
+            # label, so the rollout's analysis counts the failure against it.
+            _unavailable(group, label)
+        else:
+            _score(session, group, model, now, predictor.shadow)
+
+
+def _unavailable(scoring: Sequence[_OnLadder], label: str) -> None:
+    for on in scoring:
+        evaluation = on.case.evaluation
+        evaluation["model_version"], evaluation["outcome"] = label, Outcome.MODEL_UNAVAILABLE
+        evaluation["route"], evaluation["reasons"] = None, []
+
+
+def _probabilities(predictor: Predictor, x: np.ndarray) -> tuple[np.ndarray | None, str, float]:
+    """The model's probabilities for x, or None and why (it raised, or answered nonsense);
+    and its scoring time per row in ms."""
+    started = time.perf_counter()
+    error = ""
+    try:
+        probs = np.asarray(predictor.predict_proba(x), dtype=np.float64)
+    except Exception as exc:  # any failure of a model must leave the loop running
+        error = type(exc).__name__
+    else:
+        if probs.shape != (len(x), len(ACTIONS)):
+            error = "bad_shape"
+        elif not np.isfinite(probs).all():
+            error = "non_finite"
+    ms = (time.perf_counter() - started) * 1000.0 / max(len(x), 1)
+    return (None if error else probs), error, ms
+
+
+def _score(
+    session: Session,
+    scoring: list[_OnLadder],
+    predictor: Predictor,
+    now: datetime,
+    shadow: Shadow | None = None,
+) -> None:
+    """One model forward for every case, routing for each, one batched explanation; with a
+    shadow, the challenger's forward and routing too, logged for each case.
+
+    A model that raises or answers nonsense stops these cases before a proposal (outcome
+    `model_unavailable` under its label): clinicians decide, and the loop keeps running."""
     x = feature_matrix([on.features for on in scoring])
-    probs = np.asarray(predictor.predict_proba(x), dtype=np.float64)
-    if probs.shape != (len(scoring), len(ACTIONS)):
-        raise ValueError(f"the model gave probabilities of shape {probs.shape}")
+    probs, error, ms = _probabilities(predictor, x)
+    if probs is None:
+        log.error("model %s failed on %d evaluations: %s", predictor.label, len(scoring), error)
+        _unavailable(scoring, predictor.label)
+        return
+    shadow_probs, shadow_error, shadow_ms = None, "", None
+    if shadow is not None:
+        if shadow.model is None:
+            shadow_error = "artifact_unusable"
+        else:
+            shadow_probs, shadow_error, shadow_ms = _probabilities(shadow.model, x)
     ids = [on.case.patient.id for on in scoring]
     envelopes = service.envelopes_in_force(session, ids, at=now)
     auto_changes = _auto_changes_30d(session, ids, now)
@@ -597,7 +694,7 @@ def _score(session: Session, scoring: list[_OnLadder], predictor: Predictor, now
         evaluation = case.evaluation
         best = int(np.argmax(probs[row]))
         action, confidence = ACTIONS[best], float(probs[row][best])
-        evaluation["model_version"] = predictor.label
+        evaluation["model_version"], evaluation["model_ms"] = predictor.label, ms
         envelope = envelopes.get(case.patient.id)
         rules_in_force = _rules(envelope.rules, rules_by_text) if envelope else None
         evaluation["envelope_version"] = envelope.version if envelope else None
@@ -623,9 +720,30 @@ def _score(session: Session, scoring: list[_OnLadder], predictor: Predictor, now
         )
         evaluation["route"] = str(decision.route)
         evaluation["reasons"] = [str(r) for r in decision.reasons]
-        # A new proposal, or a hold, makes any older queued change stale.
-        _supersede(pending.get(case.patient.id, []))
+        if shadow is not None:
+            # What the challenger would have done in the same place: the same evidence,
+            # envelope and kill switch, the same routing; logged only, never delivered.
+            case.shadow = _shadow_row(shadow, case, action, shadow_error, shadow_ms)
+            if shadow_probs is not None:
+                alt = int(np.argmax(shadow_probs[row]))
+                alt_decision = route(
+                    RoutingProposal(
+                        action=ACTIONS[alt],
+                        from_step=regimen.current_step,
+                        to_step=regimen.current_step + _DELTA[ACTIONS[alt]],
+                        confidence=float(shadow_probs[row][alt]),
+                        ladder_steps=len(ladder.steps),
+                    ),
+                    evidence,
+                    rules_in_force,
+                    kill_switch=kill_switch,
+                )
+                case.shadow["challenger_action"] = str(ACTIONS[alt])
+                case.shadow["challenger_route"] = str(alt_decision.route)
+                case.shadow["probabilities"] = [float(p) for p in shadow_probs[row]]
         if action is TitrationAction.HOLD:
+            # A hold makes any older queued change stale, as a new proposal does (below).
+            _supersede(pending.get(case.patient.id, []))
             evaluation["outcome"] = Outcome.HOLD  # "keep taking it" is not worth a message
             continue
         proposing.append(
@@ -641,15 +759,39 @@ def _score(session: Session, scoring: list[_OnLadder], predictor: Predictor, now
         )
     if not proposing:
         return
-    explanations = predictor.explain_many(
-        x[[s.row for s in proposing]],
-        [s.action for s in proposing],
-        [s.on.features for s in proposing],
-    )
-    if len(explanations) != len(proposing):
-        raise ValueError("the model explained a different number of proposals")
+    try:
+        explanations = predictor.explain_many(
+            x[[s.row for s in proposing]],
+            [s.action for s in proposing],
+            [s.on.features for s in proposing],
+        )
+        if len(explanations) != len(proposing):
+            raise ValueError("the model explained a different number of proposals")
+    except Exception as exc:  # no explanation, no proposal: clinicians decide
+        log.error("model %s failed to explain: %s", predictor.label, type(exc).__name__)
+        _unavailable([s.on for s in proposing], predictor.label)
+        return
     for scored, explanation in zip(proposing, explanations, strict=True):
+        _supersede(pending.get(scored.on.case.patient.id, []))
         _propose(scored, explanation, predictor.label, now)
+
+
+def _shadow_row(
+    shadow: Shadow, case: _Case, champion_action: TitrationAction, error: str, ms: float | None
+) -> dict[str, Any]:
+    """A `shadow_predictions` row for one case; the challenger's answer is filled in after."""
+    return {
+        "rollout_id": shadow.rollout_id,
+        "patient_id": case.patient.id,
+        "challenger_version": shadow.version,
+        "champion_action": str(champion_action),
+        "challenger_action": None,
+        "challenger_route": None,
+        "probabilities": [],
+        "latency_ms": ms,
+        "error": error[:64] or None,
+        "created_at": case.evaluation["created_at"],
+    }
 
 
 def _rules(document: dict[str, Any], known: dict[str, EnvelopeRules]) -> EnvelopeRules:
@@ -722,6 +864,13 @@ def _write(session: Session, cases: list[_Case]) -> list[EvaluationResult]:
         )
     }
     evaluations = service.insert_returning(session, Evaluation, [c.evaluation for c in cases])
+    shadows = [
+        {**case.shadow, "evaluation_id": evaluation.id}
+        for case, evaluation in zip(cases, evaluations, strict=True)
+        if case.shadow is not None
+    ]
+    if shadows:
+        session.execute(insert(ShadowPrediction), shadows)
     return [
         EvaluationResult(
             evaluation,

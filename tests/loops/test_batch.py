@@ -26,7 +26,7 @@ from app.patients.models import Sex
 from audit.models import AuditEntry
 from device_ingest import service as devices
 from device_ingest.models import DeviceClass, IngestBatch, MedicationEvent, Reading
-from loops import service
+from loops import flows, service
 from loops.alerts import AlertType, Finding, Severity
 from loops.dispatch import evaluate_all
 from loops.flows import Outcome, Predictor, evaluate, evaluate_many
@@ -305,8 +305,9 @@ def _normalised(
 ) -> dict[str, list[dict[str, Any]]]:
     """Rows with the random ids of rows the loop created replaced by stable names (one new
     proposal per patient, one unresolved alert per key), without the hash chain (it covers
-    those ids) and the wall-clock time of new notices (`created_at`, by design not the
-    evaluation's `now`); each table sorted."""
+    those ids), the wall-clock time of new notices (`created_at`, by design not the
+    evaluation's `now`) and the model's measured scoring time (`model_ms`); each table
+    sorted."""
     known = {row["id"] for name in ("proposals", "alerts") for row in before[name]}
     old_notices = {row["id"] for row in before["patient_notices"]}
     names: dict[str, str] = {}
@@ -331,6 +332,8 @@ def _normalised(
                 details = json.loads(row["details"])
                 details["proposal_id"] = names.get(details["proposal_id"], details["proposal_id"])
                 row["details"] = details
+            if table == "evaluations":
+                row["model_ms"] = row["model_ms"] is not None  # a time: only whether measured
             fixed.append(row)
         out[table] = sorted(fixed, key=repr)
     return out
@@ -482,15 +485,8 @@ def _counts(engine: Engine, pid: str) -> tuple[int, int, int, int]:
     return counts
 
 
-class _ExplainFails(ServedModel):
-    """Scores like the real model, then fails to explain: after routing has decided."""
-
-    def explain_many(self, *args: Any, **kwargs: Any) -> list[Any]:
-        raise RuntimeError("explainer down")
-
-
 def test_evaluate_many_when_failing_mid_chunk_leaves_nothing_written(
-    world: World, engine: Engine, frozen_clock: FrozenClock
+    world: World, engine: Engine, frozen_clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = frozen_clock.now
     cohort = _arrange(world, now, kill_switch=False)
@@ -498,40 +494,36 @@ def test_evaluate_many_when_failing_mid_chunk_leaves_nothing_written(
     model = _served_model()
     factory = session_factory(engine)
     s = factory()
-    with pytest.raises(RuntimeError, match="explainer down"):
-        evaluate_many(
-            s,
-            patient_ids=cohort.order(),
-            trigger="daily",
-            now=now,
-            predictor=_ExplainFails(model.label, model.model),
-        )
+
+    def fails(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("proposal store down")
+
+    # After routing has decided and older proposals were superseded. (A model that fails
+    # to score or explain no longer fails the chunk: see tests/mlops/test_rollout.py.)
+    monkeypatch.setattr(flows, "_propose", fails)
+    with pytest.raises(RuntimeError, match="proposal store down"):
+        evaluate_many(s, patient_ids=cohort.order(), trigger="daily", now=now, predictor=model)
     s.rollback()  # what the daily run does with a failed chunk
     s.close()
     assert _dump(engine) == before  # resolved alerts, superseded proposals: all undone
 
 
 def test_daily_run_when_one_patient_fails_keeps_the_others_and_writes_nothing_for_it(
-    world: World, engine: Engine, frozen_clock: FrozenClock
+    world: World, engine: Engine, frozen_clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = frozen_clock.now
     cohort = _arrange(world, now, kill_switch=False)
     bad = cohort.ids["low_bp"]
     model = _served_model()
+    features = flows._features
 
-    class FailsForOne(ServedModel):
-        def predict_proba(self, x: np.ndarray) -> np.ndarray:
-            sbp = x[:, list(FEATURE_NAMES).index("cuff_sbp_mean_7d")]
-            if (sbp < 100).any():
-                raise RuntimeError("cannot score this patient")
-            return super().predict_proba(x)
+    def fails_for_one(case: Any, *args: Any) -> Any:
+        if case.patient.id == bad:
+            raise RuntimeError("cannot read this patient's features")
+        return features(case, *args)
 
-    report = evaluate_all(
-        session_factory(engine),
-        now=now,
-        predictor=lambda s: FailsForOne(model.label, model.model),
-        chunk=5,
-    )
+    monkeypatch.setattr(flows, "_features", fails_for_one)
+    report = evaluate_all(session_factory(engine), now=now, predictor=lambda s: model, chunk=5)
     on_regimen = sorted(pid for name, pid in cohort.ids.items() if name != "no_regimen")
     assert report.failed == [bad]
     assert sorted(report.evaluated) == sorted(set(on_regimen) - {bad})
