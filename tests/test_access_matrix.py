@@ -295,6 +295,25 @@ CELLS = [
         "/api/v1/messages/threads/00000000-0000-4000-8000-000000000000",
         _all(403, anon=401, pa1=404, clina=404, clinb=404),
     ),
+    # Drift monitoring (issue 7): ML engineers; auditors read summaries.
+    Cell(
+        "drift-reports",
+        "GET",
+        "/api/v1/monitoring/drift-reports",
+        _all(403, anon=401, mleng=200, auditor=200),
+    ),
+    Cell(
+        "drift-report-unknown",
+        "GET",
+        "/api/v1/monitoring/drift-reports/999999",
+        _all(403, anon=401, mleng=404, auditor=404),
+    ),
+    Cell(
+        "drift-report-html-unknown",
+        "GET",
+        "/api/v1/monitoring/drift-reports/999999/html",
+        _all(403, anon=401, mleng=404),
+    ),
     # Clinician review portal: HTML pages. Signed out, a page sends the browser to sign in
     # (303); a refusal is an HTML page with the policy's status (403, or 404 outside the care
     # team as for an unknown id). Bearer callers are not asked for a CSRF token, so the
@@ -439,6 +458,18 @@ CELLS = [
         "GET",
         "/portal/messages/00000000-0000-4000-8000-000000000000",
         _all(403, anon=303, pa1=404, clina=404, clinb=404),
+    ),
+    Cell(
+        "portal-drift",
+        "GET",
+        "/portal/monitoring/drift",
+        _all(403, anon=303, mleng=200, auditor=200),
+    ),
+    Cell(
+        "portal-drift-unknown",
+        "GET",
+        "/portal/monitoring/drift/999999",
+        _all(403, anon=303, mleng=404, auditor=404),
     ),
 ]
 
