@@ -1,10 +1,11 @@
-"""Register model versions and find the one in production (issue 7 adds gates and rollout)."""
+"""Register model versions and find the one in production: the champion (mlops/lifecycle.py)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from app.core import clock
+from mlops import lifecycle
 from mlops.models import ModelStatus, ModelVersion
 
 TITRATION = "titration"
@@ -52,8 +55,12 @@ def register(
     created_by: str,
     status: ModelStatus = ModelStatus.CANDIDATE,
     parent_version: int | None = None,
+    now: datetime | None = None,
 ) -> ModelVersion:
-    """Add the next version of `name`; the caller audits and commits."""
+    """Add the next version of `name`; the caller audits the registration and commits.
+
+    A version registered directly in production gets its first history row, becomes the
+    champion and retires the one it replaces (`lifecycle.record_registration`)."""
     latest = session.scalar(
         select(func.max(ModelVersion.version)).where(col(ModelVersion.name) == name)
     )
@@ -74,18 +81,18 @@ def register(
     )
     session.add(version)
     session.flush()
+    if status == ModelStatus.PRODUCTION:
+        # Straight to production (`models train-initial`): its history starts here and it
+        # becomes the champion. Other registrations write their own first history row.
+        lifecycle.record_registration(
+            session=session, version=version, actor=created_by, now=now or clock.utcnow()
+        )
     return version
 
 
 def production(session: Session, *, name: str = TITRATION) -> ModelVersion | None:
-    """The newest version of `name` in production, if any."""
-    stmt = (
-        select(ModelVersion)
-        .where(col(ModelVersion.name) == name, col(ModelVersion.status) == ModelStatus.PRODUCTION)
-        .order_by(col(ModelVersion.version).desc())
-        .limit(1)
-    )
-    return session.scalars(stmt).first()
+    """The version of `name` serving patients: its champion (`lifecycle.champion`)."""
+    return lifecycle.champion(session, name=name)
 
 
 def label(version: ModelVersion) -> str:
