@@ -646,6 +646,136 @@ def visits_recompute(
     typer.echo(json.dumps(totals))
 
 
+# ------------------------------------------------------------------ private retraining (part A)
+ledger_cli = typer.Typer(
+    help="The privacy ledger: each cohort's budget and what training spent.", no_args_is_help=True
+)
+cli.add_typer(ledger_cli, name="ledger")
+
+
+@models_cli.command("train")
+def models_train(
+    epsilon: Annotated[
+        float | None,
+        typer.Option("--epsilon", min=0.01, max=20.0, help="This run's target epsilon."),
+    ] = None,
+    cohort: Annotated[
+        str, typer.Option("--cohort", help="clinic (clinician decisions) or simulated.")
+    ] = "clinic",
+    patients: Annotated[
+        int, typer.Option(min=20, max=5000, help="Simulated cohort only: its patients.")
+    ] = 200,
+    seed: Annotated[int, typer.Option(help="Simulated cohort only: the simulation seed.")] = 7,
+) -> None:
+    """Retrain with DP on a new snapshot of a cohort and register a candidate (it then waits
+    for the validation gates and two sign-offs); refused with the reason otherwise."""
+    settings = _settings()
+    from app.core import clock
+    from mlops import retrain, snapshots
+
+    retrain.quiet_secure_rng_warning()
+    console.print(
+        "note: Opacus secure_mode is off (no cryptographically secure RNG); "
+        "recorded in the model's privacy record"
+    )
+    with (
+        Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True
+        ) as bar,
+        session_scope() as session,
+    ):
+        bar.add_task("snapshotting, checking and training", total=None)
+        now = clock.utcnow()
+        snapshot = None
+        if snapshots.COHORTS.get(cohort) == snapshots.SOURCE_SIMULATED:
+            snapshot = snapshots.build_simulated(
+                session=session,
+                now=now,
+                actor=_actor(),
+                data_dir=settings.data_dir,
+                cohort=cohort,
+                n_patients=patients,
+                seed=seed,
+                thresholds=retrain.thresholds_from(settings),
+            )
+        try:
+            result = retrain.retrain(
+                session=session,
+                settings=settings,
+                now=now,
+                actor=_actor(),
+                actor_role="operator",
+                cohort=cohort,
+                snapshot=snapshot,
+                target_epsilon=epsilon,
+                reason="requested from the command line",
+            )
+        except retrain.RetrainRefused as exc:
+            session.commit()  # the refusal's audit entry, and the snapshot with its checks
+            raise CliError(f"{exc.code}: {exc.detail}") from exc
+        session.commit()
+        version = result.version
+        typer.echo(
+            json.dumps(
+                {
+                    "model": f"{version.name}:v{version.version}",
+                    "status": version.status,
+                    "parent_version": version.parent_version,
+                    "snapshot": result.snapshot.id,
+                    "data_hash": version.data_hash,
+                    "epsilon": result.epsilon,
+                    "delta": result.delta,
+                    "charged_epsilon": result.charged_epsilon,
+                    "spent_epsilon": result.spent_after,
+                    "budget_epsilon": result.budget,
+                    "accuracy": version.metrics["dp"].get("accuracy"),
+                    "baseline_accuracy": version.metrics["non_dp_baseline"].get("accuracy"),
+                }
+            )
+        )
+
+
+@ledger_cli.command("show")
+def ledger_show(
+    cohort: Annotated[
+        str | None, typer.Option("--cohort", help="One cohort (default: every cohort).")
+    ] = None,
+) -> None:
+    """Each cohort's budget, what its runs spent (epsilons and deltas add up), and the runs."""
+    settings = _settings()
+    from mlops import ledger, snapshots
+
+    if cohort is not None and cohort not in snapshots.COHORTS:
+        raise CliError(f"unknown cohort {cohort!r}; known: {', '.join(sorted(snapshots.COHORTS))}")
+    budget = settings.privacy_budget_epsilon
+    out = []
+    with session_scope(readonly=True) as session:
+        for name in [cohort] if cohort else sorted(snapshots.COHORTS):
+            totals = ledger.totals(session, cohort=name)
+            out.append(
+                {
+                    "cohort": name,
+                    "budget_epsilon": budget,
+                    "spent_epsilon": totals.epsilon,
+                    "spent_delta": totals.delta,
+                    "remaining_epsilon": max(budget - totals.epsilon, 0.0),
+                    "runs": [
+                        {
+                            "model": f"{e.model_name}:v{e.model_version}",
+                            "snapshot": e.snapshot_id,
+                            "epsilon": e.epsilon,
+                            "delta": e.delta,
+                            "accountant": e.accountant,
+                            "by": e.created_by,
+                            "at": str(e.created_at),
+                        }
+                        for e in ledger.entries(session, cohort=name)
+                    ],
+                }
+            )
+    typer.echo(json.dumps({"composition": ledger.COMPOSITION, "cohorts": out}))
+
+
 def main() -> None:
     """Entry point: one-line reasons and a non-zero exit on failure."""
     try:
