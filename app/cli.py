@@ -575,6 +575,113 @@ def models_list() -> None:
             )
 
 
+@models_cli.command("rollout")
+def models_rollout(
+    name: Annotated[str, typer.Argument(help="The model, e.g. titration.")],
+    version: Annotated[int, typer.Argument(min=1, help="The signed-off version to roll out.")],
+    dwell_minutes: Annotated[
+        int | None,
+        typer.Option(min=1, max=43_200, help="Minutes per step (default: the setting)."),
+    ] = None,
+) -> None:
+    """Start a validated, signed-off version's rollout: shadow, then canary 10/25/50/100%."""
+    from datetime import timedelta
+
+    from app.core import clock
+    from mlops import lifecycle, rollout
+
+    settings = _settings()
+    minutes = dwell_minutes or settings.canary_dwell_minutes
+    with session_scope() as session:
+        try:
+            started = rollout.start(
+                session=session,
+                name=name,
+                version=version,
+                actor=_actor(),
+                now=clock.utcnow(),
+                dwell=timedelta(minutes=minutes),
+            )
+        except lifecycle.ModelNotFound as exc:
+            raise CliError(str(exc)) from exc
+        except (rollout.RolloutRefused, lifecycle.LifecycleRefused) as exc:
+            raise CliError(f"{exc.code}: {exc.detail}") from exc
+        session.commit()
+        typer.echo(
+            json.dumps(
+                {
+                    "rollout": started.id,
+                    "model": f"{name}:v{version}",
+                    "status": started.status,
+                    "champion_version": started.champion_version,
+                    "dwell_seconds": started.dwell_seconds,
+                }
+            )
+        )
+
+
+@models_cli.command("rollback")
+def models_rollback(
+    reason: Annotated[
+        str, typer.Option("--reason", prompt="Why roll back", help="Why (kept on the record).")
+    ],
+    name: Annotated[str, typer.Option("--name", help="The model.")] = "titration",
+) -> None:
+    """Roll back by hand: end the running rollout, else restore the previous production
+    version (from the serving history). Audited with who and why."""
+    from app.core import clock
+    from mlops import lifecycle, rollout
+
+    with session_scope() as session:
+        try:
+            result = rollout.rollback(
+                session=session, name=name, actor=_actor(), reason=reason, now=clock.utcnow()
+            )
+        except (rollout.RolloutRefused, lifecycle.LifecycleRefused) as exc:
+            raise CliError(f"{exc.code}: {exc.detail}") from exc
+        session.commit()
+    if result.artifact_problem is not None:
+        console.print(
+            f"warning: {name}:v{result.serving} cannot serve ({result.artifact_problem}): "
+            "every evaluation goes to clinicians until a usable version is in production"
+        )
+    typer.echo(
+        json.dumps(
+            {
+                "retired_version": result.retired,
+                "serving_version": result.serving,
+                "rollout": result.rollout_id,
+            }
+        )
+    )
+
+
+@models_cli.command("tick")
+def models_tick() -> None:
+    """Analyse every running rollout's current step once: advance, complete, roll back on a
+    breach, or hold (the scheduler does this every few minutes)."""
+    from app.core import clock
+    from mlops import rollout
+
+    with session_scope() as session:
+        done = rollout.tick(session=session, now=clock.utcnow())
+        session.commit()
+        for step in done:
+            typer.echo(
+                json.dumps(
+                    {
+                        "rollout": step.rollout_id,
+                        "stage": step.stage,
+                        "percent": step.percent,
+                        "decision": step.decision,
+                        "reasons": step.reasons,
+                    }
+                )
+            )
+    if not done:
+        typer.echo(json.dumps({"rollouts": 0}))
+
+
 @loop_cli.command("run")
 def loop_run(
     daily: Annotated[bool, typer.Option("--daily", help="Evaluate every patient now.")] = False,

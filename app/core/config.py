@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     # the DP guarantee covers a whole patient; at k it covers a patient only by group privacy
     # (k times the epsilon; docs/privacy.md).
     training_max_rows_per_patient: Annotated[int, Field(ge=1, le=1000)] = 1
+    # Model rollout (mlops/rollout.py, docs/model-lifecycle.md): how long each step (shadow,
+    # then the canary at 10, 25, 50 and 100% of patients) runs before its analysis may
+    # advance it; a breach rolls back at the next analysis whatever the dwell.
+    canary_dwell_minutes: Annotated[int, Field(ge=1, le=43_200)] = 60
 
     @model_validator(mode="after")
     def _fail_fast(self) -> Settings:
