@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import secrets
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -449,7 +450,11 @@ def retrain(
     X_fit, y_fit = data.X[fit], data.y[fit]
     delta = max_delta(n)
     batch = min(config.batch_size, n)
-    seed = int(snapshot.content_hash[:8], 16)  # the same snapshot trains the same model
+    # The batch sampling and the noise must not be a function of the data (a seed from the
+    # snapshot's hash would make the noise reproducible by anyone who knows or guesses the
+    # rows, voiding the guarantee), nor known to anyone: a fresh secret seed, never recorded.
+    # The price: a run cannot be reproduced bit for bit.
+    seed = secrets.randbits(62)
     standardizer = public_standardizer(data.feature_names)
     try:
         private = train_dp(
@@ -563,7 +568,11 @@ def retrain(
         data_hash=snapshot.content_hash,
         feature_names=data.feature_names,
         params={
-            "training": {**dataclasses.asdict(config), "batch_size": batch, "seed": seed},
+            "training": {
+                **dataclasses.asdict(config),
+                "batch_size": batch,
+                "seed": "secret: drawn per run, not recorded (docs/privacy.md)",
+            },
             "labels": "clinician decisions" if real else "protocol v1 (simulated, mlops.dataset)",
             "feature_set": FEATURE_SET_VERSION,
             "snapshot": {

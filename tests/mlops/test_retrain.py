@@ -492,3 +492,20 @@ def test_public_scales_when_defined_cover_every_feature_in_order() -> None:
     scales = retrain.public_standardizer()
     assert len(scales.mean) == len(FEATURE_NAMES)
     assert all(s > 0 for s in scales.scale)
+
+
+def test_retrain_when_run_twice_on_one_snapshot_draws_fresh_secret_noise(
+    world: World, trained: retrain.RetrainResult
+) -> None:
+    # The noise must not follow from the data (nor from anything recorded): a second run on
+    # the same snapshot gives other weights, and no seed is stored.
+    again = run(world.session, small(world.settings), snapshot=trained.snapshot)
+    first = TitrationModel.load(
+        Path(trained.version.artifact_path), trained.version.artifact_sha256
+    )
+    second = TitrationModel.load(Path(again.version.artifact_path), again.version.artifact_sha256)
+    assert not np.array_equal(first.weight, second.weight)
+    assert again.version.params["training"]["seed"].startswith("secret")
+    assert ledger.spent(world.session, cohort="clinic") == pytest.approx(
+        trained.epsilon + again.epsilon
+    )
