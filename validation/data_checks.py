@@ -303,16 +303,22 @@ def check_label_balance(table: Table, floor: float = CLASS_SHARE_FLOOR) -> Check
     low = {a: s for a, s in shares.items() if s < floor}
     notes = [
         f"{a}: {counts[a]} of {n} rows ({s:.1%}), below the {floor:.0%} floor by "
-        f"{floor - s:.1%} (needs {math.ceil(floor * n) if n else 1} rows)"
+        f"{floor - s:.1%} (needs {_rows(math.ceil(floor * n))})"
         for a, s in low.items()
     ]
+    if n == 0:
+        notes = ["no rows"]
     return CheckResult(
         name="label_balance",
         passed=not low and n > 0,
         measured={"counts": counts, "shares": {a: round(s, 4) for a, s in shares.items()}},
         threshold={"min_class_share": floor},
-        detail="; ".join(notes) if notes else ("no rows" if n == 0 else "every action present"),
+        detail="; ".join(notes) if notes else "every action at or above the floor",
     )
+
+
+def _rows(k: int) -> str:
+    return f"{k} row" if k == 1 else f"{k} rows"
 
 
 def _at_least(name: str, measured: int, minimum: int, what: str) -> CheckResult:
