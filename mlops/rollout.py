@@ -258,6 +258,14 @@ def analyse(
         thresholds=thresholds or Thresholds(),
         artifact_problem=serving.artifact_problem(version),
     )
+    current = lifecycle.champion(session, name=rollout.model_name)
+    serving_now = current.version if current is not None else None
+    if serving_now != rollout.champion_version:
+        # The version compared against is no longer the one serving (a version registered
+        # in production meanwhile, or the champion retired): the comparison means nothing.
+        changed = f"champion_changed: v{rollout.champion_version} -> v{serving_now}"
+        breaches = (changed, *(r for r in result.reasons if result.verdict is Verdict.ROLLBACK))
+        result = Analysis(Verdict.ROLLBACK, breaches, None, result.checks)
     return StepAnalysis(rollout, result, challenger, champion, extra)
 
 
@@ -430,8 +438,12 @@ def tick(
     it (shadow -> 10 -> 25 -> 50 -> 100%), complete it (the challenger to production), roll
     it back on a breach, or hold. Steps that ended are stored and audited; a hold is
     returned unsaved (it is the same analysis again at the next tick)."""
+    # Locked: a manual rollback at the same moment waits for this cycle, then finds it done.
     running = session.scalars(
-        select(Rollout).where(col(Rollout.status).in_(ACTIVE)).order_by(col(Rollout.id))
+        select(Rollout)
+        .where(col(Rollout.status).in_(ACTIVE))
+        .order_by(col(Rollout.id))
+        .with_for_update()
     ).all()
     done: list[RolloutStep] = []
     for rollout in running:

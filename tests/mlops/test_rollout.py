@@ -364,6 +364,21 @@ def test_canary_challenger_clinicians_override_more_is_rolled_back(rig: Rig) -> 
     assert step.analysis["champion"]["decided"] > 0
 
 
+def test_tick_when_the_champion_changed_during_the_rollout_rolls_back(
+    rig: Rig, tmp_path: Path
+) -> None:
+    rig.to_canary()
+    # A version registered straight into production (train-initial) replaces the champion.
+    register(
+        rig.world, titration_model(1.0), tmp_path / "other", ModelStatus.PRODUCTION, rig.at(12)
+    )
+    (step,) = rig.tick(13)
+    assert step.decision == "rollback"
+    assert step.reasons[0] == "champion_changed: v1 -> v3"
+    assert rig.status(2) == ModelStatus.RETIRED
+    assert rig.alias("champion") == 3
+
+
 # ------------------------------------------------------------------ fail-safe serving
 
 
