@@ -32,7 +32,9 @@ from loops.review import views as review_views
 from loops.visits import views as visit_views
 from loops.worker import LoopWorker
 from mlops import views as model_views
+from validation import jobs
 from validation import views as validation_views
+from validation.scheduler import Scheduler
 
 
 @asynccontextmanager
@@ -46,20 +48,25 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.freeze()
     gc.set_threshold(app.state.settings.gc_gen0_threshold, 20, 20)
     settings = app.state.settings
-    worker = None
+    worker: LoopWorker | None = None
+    scheduler: Scheduler | None = None
+    # loop_worker_seconds 0: no background work on real time (tests and the simulator).
     if settings.loop_worker_seconds > 0:
         worker = LoopWorker(
             app.state.session_factory,
             interval=settings.loop_worker_seconds,
             debounce=timedelta(seconds=settings.loop_debounce_seconds),
-            daily_hour=settings.daily_evaluation_hour_utc,
-            daily_lease=timedelta(minutes=settings.daily_run_lease_minutes),
-            visit_hour=settings.visit_cadence_hour_utc,
         )
         worker.start()
+        if settings.scheduler_in_process:
+            # Safe in every replica and worker process: each firing runs once (job leases).
+            scheduler = Scheduler(app.state.session_factory, jobs.registry(settings), settings)
+            scheduler.start()
     try:
         yield
     finally:
+        if scheduler is not None:
+            scheduler.stop(wait=True)
         if worker is not None:
             worker.stop()
 

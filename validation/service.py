@@ -123,6 +123,23 @@ def _take_over(
     return existing
 
 
+def renew(session: Session, *, run: JobRun, holder: str, now: datetime, lease: timedelta) -> bool:
+    """Extend a running run's lease while its holder still has it; False once it does not
+    (finished, or taken over after a lapse). Commits at once: the lease must be visible."""
+    renewed = session.execute(
+        update(JobRun)
+        .where(
+            col(JobRun.id) == run.id,
+            col(JobRun.holder) == holder,
+            col(JobRun.attempts) == run.attempts,
+            col(JobRun.status) == JobStatus.RUNNING,
+        )
+        .values(lease_until=now + lease)
+    )
+    session.commit()
+    return getattr(renewed, "rowcount", 0) == 1
+
+
 def finish(
     session: Session,
     *,
@@ -141,16 +158,14 @@ def finish(
     return run
 
 
-def latest_runs(session: Session, *, job: str, limit: int = 30) -> list[JobRun]:
-    """The most recent runs of a job, newest first."""
-    return list(
-        session.scalars(
-            select(JobRun)
-            .where(col(JobRun.job) == job)
-            .order_by(col(JobRun.id).desc())
-            .limit(limit)
-        )
-    )
+def latest_runs(
+    session: Session, *, job: str, limit: int = 30, before_id: int | None = None
+) -> list[JobRun]:
+    """The most recent runs of a job, newest first (before the id `before_id`)."""
+    stmt = select(JobRun).where(col(JobRun.job) == job)
+    if before_id is not None:
+        stmt = stmt.where(col(JobRun.id) < before_id)
+    return list(session.scalars(stmt.order_by(col(JobRun.id).desc()).limit(limit)))
 
 
 # ------------------------------------------------------------------------------ drift reports

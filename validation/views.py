@@ -1,21 +1,24 @@
 """The monitoring API: drift reports, listed, read, run on demand, and Evidently's own HTML and
 JSON served back checked by hash. ML engineers run and read everything; auditors read the
 summaries (aggregates only: scores, counts, device models and subgroups, never patient rows).
-Every call is audited."""
+Also the scheduled jobs and their runs (`jobs_router`). Every call is audited."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+import threading
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from app.api.deps import Access, SessionDep, SettingsDep, require
 from app.core import clock
+from app.core.config import Settings
 from app.core.errors import ProblemError
-from validation import service
-from validation.models import DriftReport
+from audit import service as audit
+from validation import jobs, scheduler, service
+from validation.models import DriftReport, JobRun
 
 router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"])
 _ID = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -216,3 +219,152 @@ def report_json(
         media_type="application/json",
         headers={"content-disposition": f'attachment; filename="drift-report-{report_id}.json"'},
     )
+
+
+# ------------------------------------------------------------------------- scheduled jobs
+# The jobs of validation/jobs.py and their runs (docs/scheduler.md): ML engineers, admins and
+# auditors list them; ML engineers and admins start a run now. A run's details hold counts
+# and codes only.
+
+jobs_router = APIRouter(prefix="/api/v1/jobs", tags=["jobs"])
+_JOB = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
+
+
+class JobRunOut(BaseModel):
+    """One run of a job: its period, who held it, how it ended."""
+
+    id: int
+    job: str
+    period: str
+    status: str  # running, succeeded, failed
+    lapsed: bool  # running, but its holder stopped renewing the lease (died or hangs)
+    holder: str
+    attempts: int
+    started_at: str
+    lease_until: str
+    finished_at: str | None
+    details: dict[str, Any]
+
+
+class JobOut(BaseModel):
+    """A job, its schedule in words (None: not scheduled) and its latest run."""
+
+    name: str
+    summary: str
+    schedule: str | None
+    lease_seconds: int
+    last_run: JobRunOut | None
+
+
+class JobList(BaseModel):
+    """Every job."""
+
+    items: list[JobOut]
+
+
+class JobRunPage(BaseModel):
+    """A page of runs, newest first; pass `next_before` as `before` for the next page."""
+
+    items: list[JobRunOut]
+    next_before: int | None
+
+
+def run_out(run: JobRun, now: datetime) -> JobRunOut:
+    """The API form of a run."""
+    return JobRunOut(
+        id=run.id or 0,
+        job=run.job,
+        period=run.period,
+        status=run.status,
+        lapsed=scheduler.lapsed(run, now),
+        holder=run.holder,
+        attempts=run.attempts,
+        started_at=clock.iso(run.started_at),
+        lease_until=clock.iso(run.lease_until),
+        finished_at=clock.iso(run.finished_at) if run.finished_at else None,
+        details=run.details,
+    )
+
+
+def _job(settings: Settings, access: Access, name: str) -> jobs.Job:
+    access.entry.resource_id = name
+    job = jobs.registry(settings).get(name)
+    if job is None:
+        raise ProblemError(404, "not_found", "no such job")
+    return job
+
+
+@jobs_router.get("", response_model=JobList)
+def list_jobs(
+    session: SessionDep,
+    settings: SettingsDep,
+    access: Annotated[Access, require("job", "list")],
+) -> JobList:
+    """Every job with its schedule and latest run."""
+    now = clock.utcnow()
+    items = []
+    for name, job in jobs.registry(settings).items():
+        last = service.latest_runs(session, job=name, limit=1)
+        items.append(
+            JobOut(
+                name=name,
+                summary=job.summary,
+                schedule=job.schedule.describe() if job.schedule else None,
+                lease_seconds=int(job.lease.total_seconds()),
+                last_run=run_out(last[0], now) if last else None,
+            )
+        )
+    access.entry.details = {"count": len(items)}
+    session.commit()
+    return JobList(items=items)
+
+
+@jobs_router.get("/{name}/runs", response_model=JobRunPage)
+def list_job_runs(
+    name: _JOB,
+    session: SessionDep,
+    settings: SettingsDep,
+    access: Annotated[Access, require("job", "list", audit_as="job_run.list")],
+    limit: Annotated[int, Query(ge=1, le=100)] = 30,
+    before: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+) -> JobRunPage:
+    """A job's runs, newest first."""
+    _job(settings, access, name)
+    runs = service.latest_runs(session, job=name, limit=limit, before_id=before)
+    access.entry.details = {"count": len(runs)}
+    session.commit()
+    now = clock.utcnow()
+    last = runs[-1].id if len(runs) == limit else None
+    return JobRunPage(items=[run_out(r, now) for r in runs], next_before=last)
+
+
+@jobs_router.post("/{name}/run", response_model=JobRunOut, status_code=202)
+def run_job_now(
+    name: _JOB,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    access: Annotated[Access, require("job", "run", read_first=True)],
+) -> JobRunOut:
+    """Start a run of the job now, under its lease for a manual period; it runs in the
+    background (202): follow it in the job's runs. 409 while another run of it is live."""
+    job = _job(settings, access, name)
+    # The run claims its lease in sessions of its own: on SQLite this request's transaction
+    # must not hold the writer slot meanwhile.
+    audit.end_read(session)
+    factory = request.app.state.session_factory
+    now = clock.utcnow()
+    holder = service.holder_name()
+    claimed = scheduler.start(factory, job, period=jobs.manual_period(now), now=now, holder=holder)
+    if isinstance(claimed, scheduler.RunResult):
+        raise ProblemError(409, "job_busy", f"a run of this job is in progress ({claimed.reason})")
+    access.entry.details = {"period": claimed.period, "run_id": claimed.id}
+    session.commit()
+    threading.Thread(
+        target=scheduler.execute,
+        args=(factory, job, claimed),
+        kwargs={"settings": settings, "now": now, "holder": holder},
+        name=f"clinaiops-job-{name}",
+        daemon=True,
+    ).start()
+    return run_out(claimed, now)

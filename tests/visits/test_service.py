@@ -18,6 +18,8 @@ from loops.visits import service
 from loops.visits.models import Visit, VisitStatus
 from tests.conftest import World
 from tests.visits.conftest import NOW
+from validation import jobs, scheduler
+from validation.jobs import Job
 from validation.models import JobRun
 
 pytestmark = pytest.mark.usefixtures("clock_at")
@@ -215,35 +217,37 @@ def test_pull_forward_urgent_when_alert_open_recomputes_once_and_audits(
     assert count_audit(action="visit.recompute", patient_id=pb1) == 1
 
 
+def _cadence_job(world: World, hour: int | None) -> Job:
+    return jobs.registry(world.settings.model_copy(update={"visit_cadence_hour_utc": hour}))[
+        "visit_cadence"
+    ]
+
+
 def test_visit_cadence_job_when_two_replicas_fire_runs_once(
     world: World, engine: Engine, count_audit: Callable[..., int]
 ) -> None:
     factory = session_factory(engine)
     world.session.rollback()
-    early = NOW.replace(hour=4)
-    assert (
-        worker.run_visit_cadence_if_due(
-            factory, now=early, hour=5, lease=timedelta(hours=1), holder="a"
-        )
-        is None
+    job = _cadence_job(world, 5)
+    assert job.schedule is not None
+    assert not job.schedule.due(NOW.replace(hour=4))
+    first = scheduler.run_job(
+        factory, job, settings=world.settings, now=NOW, period="2026-12-06", holder="a"
     )
-    first = worker.run_visit_cadence_if_due(
-        factory, now=NOW, hour=5, lease=timedelta(hours=1), holder="a"
-    )
-    second = worker.run_visit_cadence_if_due(
-        factory, now=NOW + timedelta(minutes=5), hour=5, lease=timedelta(hours=1), holder="b"
-    )
+    second = scheduler.fire(factory, job, world.settings, "b")  # the same day: done
     # Every patient's first care plan version is written by the same job.
-    assert first == {
+    assert first.status == "succeeded"
+    assert first.details == {
         "patients": 4,
         "created": 4,
         "updated": 0,
         "unchanged": 0,
         "care_plan_versions": 4,
     }
-    assert second is None
+    assert second is not None
+    assert (second.status, second.reason) == ("skipped", "done")
     with factory() as s:
-        [run] = s.scalars(select(JobRun).where(col(JobRun.job) == worker.VISIT_JOB)).all()
+        [run] = s.scalars(select(JobRun).where(col(JobRun.job) == "visit_cadence")).all()
         assert (run.status, run.period, run.holder) == ("succeeded", "2026-12-06", "a")
         assert run.details["created"] == 4
     assert count_audit(action="visit.recompute", actor="system:scheduler") == 1
@@ -252,14 +256,11 @@ def test_visit_cadence_job_when_two_replicas_fire_runs_once(
     assert len(_due(world, "pa1")) == 1
 
 
-def test_loop_worker_when_visit_hour_set_runs_job_from_tick(world: World, engine: Engine) -> None:
+def test_visit_cadence_job_when_hour_off_is_not_scheduled(world: World, engine: Engine) -> None:
     world.session.rollback()
-    w = worker.LoopWorker(
-        session_factory(engine), interval=1.0, debounce=timedelta(seconds=0), visit_hour=5
-    )
-    w.visit_cadence(NOW)
-    off = worker.LoopWorker(session_factory(engine), interval=1.0, debounce=timedelta(seconds=0))
-    off.visit_cadence(NOW + D)  # no visit hour: nothing
-    with session_factory(engine)() as s:
+    factory = session_factory(engine)
+    assert scheduler.fire(factory, _cadence_job(world, None), world.settings, "a") is None
+    assert scheduler.fire(factory, _cadence_job(world, 5), world.settings, "a") is not None
+    with factory() as s:
         assert len(s.scalars(select(JobRun)).all()) == 1
     assert len(_due(world, "pb2")) == 1
