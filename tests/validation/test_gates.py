@@ -434,3 +434,45 @@ def test_read_evidence_when_file_changed_refused(
     path.write_text(path.read_text().replace("ece", "ECE"))
     with pytest.raises(ValueError, match="no longer matches"):
         gates.read_evidence(result, data_dir=world.settings.data_dir)
+
+
+def test_run_gates_when_candidate_trained_on_a_snapshot_scores_the_snapshot_holdout(
+    world: World,
+) -> None:
+    from datetime import timedelta
+
+    from mlops import retrain, snapshots
+    from mlops.models import TrainingSnapshot
+    from tests.mlops.cohort import store_decisions
+
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    store_decisions(
+        world.session, world.users["clina"], n_patients=48, signed_at=now - timedelta(days=1)
+    )
+    settings = world.settings.model_copy(
+        update={"training_min_rows": 12, "training_min_patients": 12}
+    )
+    with pytest.warns(UserWarning, match="Secure RNG turned off"):
+        result = retrain.retrain(
+            session=world.session,
+            settings=settings,
+            now=now,
+            actor="user:mleng",
+            config=retrain.RetrainConfig(epochs=3, batch_size=16),
+        )
+    world.session.commit()
+    run = gates.run_gates(
+        session=world.session,
+        name=NAME,
+        version=result.version.version,
+        actor="user:mleng",
+        now=now,
+        data_dir=world.settings.data_dir,
+        settings=world.settings,
+    )
+    snapshot = world.session.scalars(select(TrainingSnapshot)).one()
+    held = int(snapshots.load(snapshot, data_dir=world.settings.data_dir).holdout.sum())
+    noninf = run.results[1]
+    assert held > 0
+    assert noninf.measured["rows"] == held
+    assert noninf.measured["comparator"] == "no-skill model"  # no champion yet
