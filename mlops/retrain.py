@@ -263,10 +263,21 @@ def champion(session: Session, *, name: str = registry.TITRATION) -> ModelVersio
     return registry.production(session, name=name)
 
 
-def _trained_before(session: Session, content_hash: str) -> ModelVersion | None:
-    return session.scalars(
-        select(ModelVersion).where(col(ModelVersion.data_hash) == content_hash).limit(1)
-    ).first()
+def _nothing_new(
+    session: Session, snapshot: TrainingSnapshot, data: snapshots.SnapshotData, data_dir: Path
+) -> TrainingSnapshot | None:
+    """The snapshot that last trained a version of this cohort, if it holds the same training
+    rows (outcomes aside, which training does not read); else None."""
+    previous = snapshots.last_trained(session, cohort=snapshot.cohort)
+    if previous is None:
+        return None
+    if previous.content_hash == snapshot.content_hash:
+        return previous
+    try:
+        earlier = snapshots.load(previous, data_dir=data_dir)
+    except snapshots.SnapshotFileError:
+        return None  # cannot tell: let the run go on (its own snapshot is intact)
+    return previous if earlier.training_hash() == data.training_hash() else None
 
 
 def _lock(session: Session, cohort: str) -> None:
@@ -405,11 +416,14 @@ def retrain(
             f"snapshot {snapshot.id} failed its data checks: {data_checks.refusal(results)}",
             failed_checks=[c.name for c in failing],
         )
-    if built_here and (earlier := _trained_before(session, snapshot.content_hash)) is not None:
+    if (
+        built_here
+        and (earlier := _nothing_new(session, snapshot, data, settings.data_dir)) is not None
+    ):
         raise refuse(
             "no_new_data",
-            f"snapshot {snapshot.id} holds the same data that trained "
-            f"{registry.label(earlier)}; nothing new to learn from",
+            f"snapshot {snapshot.id} holds the same training rows as snapshot {earlier.id}, "
+            "which trained the last version of this cohort; nothing new to learn from",
             status=409,
         )
 

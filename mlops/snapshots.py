@@ -55,7 +55,7 @@ from loops.review.models import Decision
 from mlops import dataset
 from mlops.features import FEATURE_NAMES, FEATURE_SET_VERSION, FeatureVector
 from mlops.model import CLASSES, index_of
-from mlops.models import SnapshotStatus, TrainingSnapshot
+from mlops.models import ModelVersion, SnapshotStatus, TrainingSnapshot
 from policies.envelope import TitrationAction
 from validation import data_checks
 
@@ -172,18 +172,22 @@ class SnapshotData:
             return 0
         return int(np.unique(groups, return_counts=True)[1].max())
 
-    def lines(self) -> list[str]:
+    def lines(self, *, outcomes: bool = True) -> list[str]:
         """One canonical text line per row (the content hash covers these, sorted)."""
         out = []
         for i in range(self.n):
             values = ",".join(_canonical_float(v) for v in self.X[i].tolist())
-            out.append(
-                f"{self.groups[i]}\t{self.as_of[i]}\t{int(self.y[i])}\t{int(self.outcome[i])}"
-                f"\t{values}"
-            )
+            outcome = int(self.outcome[i]) if outcomes else OUTCOME_UNKNOWN
+            out.append(f"{self.groups[i]}\t{self.as_of[i]}\t{int(self.y[i])}\t{outcome}\t{values}")
         return out
 
-    def content_hash(self) -> str:
+    def training_hash(self) -> str:
+        """The content hash as if no outcome were known: what training reads (features,
+        labels, patients) without what it does not, so a snapshot that differs from another
+        only by outcomes that arrived since trains the same model."""
+        return self.content_hash(outcomes=False)
+
+    def content_hash(self, *, outcomes: bool = True) -> str:
         """SHA-256 over a header and the sorted row lines: the same data, the same id."""
         digest = hashlib.sha256()
         header = [
@@ -195,7 +199,7 @@ class SnapshotData:
             f"holdout_share={self.holdout_share!r}",
         ]
         digest.update(("\n".join(header) + "\n").encode())
-        for line in sorted(self.lines()):
+        for line in sorted(self.lines(outcomes=outcomes)):
             digest.update((line + "\n").encode())
         return digest.hexdigest()
 
@@ -650,6 +654,17 @@ def listing(
     if cohort is not None:
         stmt = stmt.where(col(TrainingSnapshot.cohort) == cohort)
     return list(session.scalars(stmt).all())
+
+
+def last_trained(session: Session, *, cohort: str) -> TrainingSnapshot | None:
+    """The snapshot of a cohort that most recently trained a registered version."""
+    return session.scalars(
+        select(TrainingSnapshot)
+        .join(ModelVersion, col(ModelVersion.data_hash) == col(TrainingSnapshot.content_hash))
+        .where(col(TrainingSnapshot.cohort) == cohort)
+        .order_by(col(ModelVersion.id).desc())
+        .limit(1)
+    ).first()
 
 
 def decisions_since(session: Session, *, since: datetime | None, now: datetime) -> int:

@@ -24,7 +24,7 @@ from mlops.model import CLASSES, TitrationModel, index_of
 from mlops.models import ModelStatus, ModelVersion, PrivacySpend, SnapshotStatus
 from policies.envelope import TitrationAction
 from tests.conftest import World
-from tests.mlops.cohort import store_decisions
+from tests.mlops.cohort import add_cuff_readings, store_decisions
 from validation.models import DriftReport
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -316,7 +316,37 @@ def test_retrain_when_nothing_new_since_last_run_refuses(
             actor="user:mleng",
         )
     assert err.value.code == "no_new_data"
-    assert "titration:v2" in err.value.detail
+    assert f"as snapshot {trained.snapshot.id}, which trained" in err.value.detail
+
+
+def test_retrain_when_only_outcomes_arrived_since_last_run_refuses(
+    world: World, cohort: list[str], trained: retrain.RetrainResult
+) -> None:
+    # Readings 14-28 days after the decisions give them outcomes: another snapshot (another
+    # content hash), but the same training rows, so another run would only spend privacy.
+    add_cuff_readings(world, cohort[0], start=NOW + timedelta(days=14), days=7)
+    with pytest.raises(retrain.RetrainRefused) as err:
+        retrain.retrain(
+            session=world.session,
+            settings=small(world.settings),
+            now=NOW + timedelta(days=30),
+            actor="user:mleng",
+        )
+    assert err.value.code == "no_new_data"
+    latest = snapshots.latest(world.session, cohort="clinic")
+    assert latest is not None
+    assert latest.id != trained.snapshot.id
+    assert latest.label_counts["outcome_controlled"] == 1
+    # A new decision is something new.
+    store_decisions(
+        world.session,
+        world.users["clina"],
+        n_patients=1,
+        signed_at=NOW + timedelta(days=30),
+        prefix="N",
+    )
+    result = run(world.session, small(world.settings), now=NOW + timedelta(days=31))
+    assert result.snapshot.rows == trained.snapshot.rows + 1
 
 
 def test_retrain_when_snapshot_of_another_cohort_or_unknown_cohort_refuses(
