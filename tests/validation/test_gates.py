@@ -97,8 +97,7 @@ def test_noninferiority_when_accuracy_worse_names_accuracy_and_the_shortfall() -
         _onehot(wrong, 0.9), _onehot(y.tolist(), 0.9), y, groups, T, comparator_name="champion"
     )
     assert not verdict.passed
-    assert "accuracy: the lower 95% bound of (candidate - champion) is -0.2" in verdict.detail
-    assert "below -0.0800 by" in verdict.detail
+    assert "accuracy: (candidate - champion) is -0.2500, below -0.0500 by 0.2000" in verdict.detail
     assert verdict.measured["accuracy_difference"] == -0.25
 
 
@@ -358,7 +357,7 @@ def test_run_gates_when_candidate_deliberately_worse_fails_and_says_by_how_much(
     assert {"holdout_noninferiority", "safety_directional"} <= set(run.failed)
     noninf = next(r for r in run.results if r.gate == "holdout_noninferiority")
     assert "log-loss: the upper 95% bound of (candidate - champion v1) is" in noninf.detail
-    assert "above the margin 0.1000 by" in noninf.detail
+    assert "above the margin 0.1500 by" in noninf.detail
     world.session.refresh(candidate)
     assert candidate.status == ModelStatus.CANDIDATE  # blocked
     assert lifecycle.ready_for_rollout(world.session, name=NAME, version=candidate.version)[:2] == [
