@@ -557,20 +557,11 @@ def build_simulated(
     )
 
 
-def check(
-    snapshot: TrainingSnapshot,
-    data: SnapshotData,
-    thresholds: data_checks.Thresholds | None = None,
+def run_checks(
+    data: SnapshotData, thresholds: data_checks.Thresholds | None = None
 ) -> list[data_checks.CheckResult]:
-    """Run the data checks on a snapshot's rows and record them (status and `checks`),
-    keeping its informative row-selection entry."""
-    results = data_checks.run_checks(data.table(), thresholds or data_checks.Thresholds())
-    kept = [c for c in snapshot.checks if c.get("name") == "row_selection"]
-    snapshot.checks = kept + [r.as_dict() for r in results]
-    snapshot.status = (
-        SnapshotStatus.VALID if not data_checks.failed(results) else SnapshotStatus.INVALID
-    )
-    return results
+    """The data checks on a snapshot's rows (pure)."""
+    return data_checks.run_checks(data.table(), thresholds or data_checks.Thresholds())
 
 
 def _store(
@@ -600,11 +591,9 @@ def _store(
         if not path.exists() and existing.file_sha256 == file_sha:
             _write(data_dir, existing.path, payload)
         load(existing, data_dir=data_dir)
-        check(existing, data, thresholds)
-        session.add(existing)
-        session.flush()
-        return existing
+        return existing  # as built: a snapshot and its recorded checks never change
     _write(data_dir, relpath, payload)
+    results = run_checks(data, thresholds)
     holdout = data.holdout
     snapshot = TrainingSnapshot(
         content_hash=content_hash,
@@ -616,8 +605,8 @@ def _store(
         train_patients=len(set(data.groups[~holdout].tolist())),
         holdout_patients=len(set(data.groups[holdout].tolist())),
         label_counts=data.label_counts(),
-        status=SnapshotStatus.INVALID,
-        checks=[c.as_dict() for c in extra_checks],
+        status=SnapshotStatus.INVALID if data_checks.failed(results) else SnapshotStatus.VALID,
+        checks=[c.as_dict() for c in [*extra_checks, *results]],
         path=relpath,
         file_sha256=file_sha,
         window_start=window[0],
@@ -625,7 +614,6 @@ def _store(
         created_by=actor,
         created_at=now,
     )
-    check(snapshot, data, thresholds)
     session.add(snapshot)
     session.flush()
     return snapshot

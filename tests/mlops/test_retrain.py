@@ -539,3 +539,28 @@ def test_retrain_when_run_twice_on_one_snapshot_draws_fresh_secret_noise(
     assert ledger.spent(world.session, cohort="clinic") == pytest.approx(
         trained.epsilon + again.epsilon
     )
+
+
+def test_retrain_when_given_snapshot_checks_it_with_todays_thresholds(
+    world: World, cohort: list[str]
+) -> None:
+    strict = snapshots.build_from_decisions(
+        session=world.session,
+        now=NOW,
+        actor="test",
+        data_dir=world.settings.data_dir,
+        thresholds=retrain.thresholds_from(world.settings),  # 100 rows needed: invalid
+    )
+    world.session.commit()
+    assert strict.status == SnapshotStatus.INVALID
+    result = run(world.session, small(world.settings), snapshot=strict)
+    assert result.version.data_hash == strict.content_hash
+    assert strict.status == SnapshotStatus.INVALID  # its record is left as built
+    with pytest.raises(retrain.RetrainRefused, match="min_rows: 48 rows, at least 100 needed"):
+        retrain.retrain(
+            session=world.session,
+            settings=world.settings,
+            now=NOW,
+            actor="user:mleng",
+            snapshot=strict,
+        )

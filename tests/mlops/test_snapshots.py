@@ -262,3 +262,18 @@ def test_decisions_since_when_snapshot_exists_counts_only_newer(world: World) ->
     assert snapshots.decisions_since(world.session, since=None, now=NOW + timedelta(1)) == 10
     since = NOW - timedelta(days=1)
     assert snapshots.decisions_since(world.session, since=since, now=NOW + timedelta(1)) == 5
+
+
+def test_build_when_rebuilt_with_other_thresholds_keeps_its_recorded_checks(
+    world: World,
+) -> None:
+    store_decisions(world.session, world.users["clina"], n_patients=15, signed_at=NOW)
+    first = build(world, now=NOW + timedelta(hours=1))
+    world.session.commit()
+    recorded = list(first.checks)
+    strict = Thresholds(min_rows=500, min_patients=500, min_holdout_patients=50)
+    again = build(world, now=NOW + timedelta(hours=2), thresholds=strict)
+    assert again.id == first.id
+    assert again.status == SnapshotStatus.VALID  # as built: snapshots never change
+    assert again.checks == recorded
+    assert not world.session.dirty
