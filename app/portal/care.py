@@ -23,10 +23,9 @@ from app.core import clock
 from app.core.config import Settings
 from app.patients.models import Patient
 from app.portal import drafts
-from app.portal.web import portal_page, render
+from app.portal.web import portal_page, refuse, render
 from app.portal.web import router as router
 from audit import service as audit
-from audit.models import Outcome
 from loops.care import service
 from loops.care.models import CarePlanVersion, Goal, GoalKind, GoalStatus
 from loops.care.plain import KIND_LABELS
@@ -85,15 +84,6 @@ def _views(goals: list[Goal], found: Mapping[str, Progress], side: service.Side)
             )
         )
     return out
-
-
-def _refused(session: Session, access: Access, code: str) -> None:
-    """Undo the act's work and commit its audit entry alone, as a failure with the code."""
-    session.rollback()
-    access.entry.outcome = Outcome.FAILURE
-    access.entry.details = {**access.entry.details, "code": code}
-    audit.requeue(session, access.entry)
-    session.commit()
 
 
 def _care_page(
@@ -265,7 +255,7 @@ def propose_goal(
             now=clock.utcnow(),
         )
     except service.CareError as exc:
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         return _care_page(
             request,
             session,
@@ -332,7 +322,7 @@ def _goal_act(
             )
     except service.CareNotFound as exc:
         # Another patient's goal, or none: the same page as an out-of-scope patient.
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         return render(
             request,
             "error.html",
@@ -340,7 +330,7 @@ def _goal_act(
             status=404,
         )
     except service.CareError as exc:
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         return _care_page(
             request,
             session,
@@ -442,7 +432,7 @@ def edit_note(
             expected_version=int(expected_version) if expected_version.isdigit() else None,
         )
     except service.CareError as exc:
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         return _care_page(
             request,
             session,

@@ -29,9 +29,8 @@ from app.core.config import Settings
 from app.db import READONLY_OPTION
 from app.patients.models import Patient
 from app.portal import drafts
-from app.portal.web import portal_page, render, router, templates
+from app.portal.web import page_context, portal_page, refuse, render, router, templates
 from audit import service as audit
-from audit.models import Outcome
 from loops.messages import service
 from loops.messages.models import MessageThread, SenderSide, ThreadStatus
 from policies import service as policy
@@ -81,24 +80,7 @@ def _thread_patient(session: Session, request: Request, principal: Principal) ->
 def _context(
     request: Request, access: Access, settings: Settings, **context: Any
 ) -> dict[str, Any]:
-    return {
-        "principal": access.principal,
-        "user_id": int(access.principal.id),
-        "idle_minutes": settings.session_idle_minutes,
-        "nav": "messages",
-        "now": clock.utcnow(),
-        "path": request.url.path,
-        **context,
-    }
-
-
-def _refused(session: Session, access: Access, code: str) -> None:
-    """Undo the act's work and commit its audit entry alone, as a failure with the code."""
-    session.rollback()
-    access.entry.outcome = Outcome.FAILURE
-    access.entry.details = {**access.entry.details, "code": code}
-    audit.requeue(session, access.entry)
-    session.commit()
+    return page_context(request, access, settings, "messages", **context)
 
 
 def _see_other(path: str) -> RedirectResponse:
@@ -265,7 +247,7 @@ def thread_reply(
             now=clock.utcnow(),
         )
     except service.MessageInvalid as exc:
-        _refused(session, access, "validation_error")
+        refuse(session, access, "validation_error")
         return _thread_page(
             request,
             session,
@@ -277,7 +259,7 @@ def thread_reply(
             status=422,
         )
     except service.MessageConflict as exc:
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         return _thread_page(
             request,
             session,
@@ -313,7 +295,7 @@ def _set_status(
             session, thread_id=thread_id, status=status, side=service.side_of(access.principal)
         )
     except (service.MessageConflict, service.MessageForbidden) as exc:
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         code = 409 if isinstance(exc, service.MessageConflict) else 403
         return _thread_page(
             request, session, access, settings, thread_id, error=exc.message, status=code
@@ -455,7 +437,7 @@ def patient_new_thread(
             now=clock.utcnow(),
         )
     except service.MessageInvalid as exc:
-        _refused(session, access, "validation_error")
+        refuse(session, access, "validation_error")
         return _patient_page(
             request,
             session,

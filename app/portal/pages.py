@@ -27,7 +27,7 @@ from app.core import clock
 from app.core.config import Settings
 from app.patients.models import Patient
 from app.portal import charts, drafts
-from app.portal.web import portal_page, render, router
+from app.portal.web import page_context, portal_page, refuse, render, router
 from audit import service as audit
 from audit.models import Outcome
 from loops import service as loop_service
@@ -58,29 +58,6 @@ def _alert_patient(session: Session, request: Request, principal: Principal) -> 
     return None if alert is None else alert.patient_id
 
 
-def _page(
-    request: Request, access: Access, settings: Settings, nav: str, **context: Any
-) -> dict[str, Any]:
-    return {
-        "principal": access.principal,
-        "user_id": int(access.principal.id),
-        "idle_minutes": settings.session_idle_minutes,
-        "nav": nav,
-        "now": clock.utcnow(),
-        "path": request.url.path,
-        **context,
-    }
-
-
-def _refused(session: Session, access: Access, code: str) -> None:
-    """Undo the act's work and commit its audit entry alone, as a failure with the code."""
-    session.rollback()
-    access.entry.outcome = Outcome.FAILURE
-    access.entry.details = {**access.entry.details, "code": code}
-    audit.requeue(session, access.entry)
-    session.commit()
-
-
 def _see_other(path: str) -> RedirectResponse:
     return RedirectResponse(path, status_code=303)
 
@@ -97,7 +74,7 @@ def _conflict(
     return render(
         request,
         "conflict.html",
-        _page(
+        page_context(
             request,
             access,
             settings,
@@ -145,7 +122,7 @@ def panel_page(
     return render(
         request,
         "panel.html",
-        _page(
+        page_context(
             request,
             access,
             settings,
@@ -192,7 +169,7 @@ def queue_page(
     return render(
         request,
         "queue.html",
-        _page(
+        page_context(
             request,
             access,
             settings,
@@ -231,7 +208,7 @@ def claim_item(
             settings=settings,
         )
     except review.ReviewConflict as exc:
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         return _conflict(request, access, settings, exc, proposal_id=proposal_id)
     access.entry.details = {"expires_at": clock.iso(held.expires_at)}
     session.commit()
@@ -344,7 +321,7 @@ def _proposal_context(
     error: str = "",
 ) -> dict[str, Any]:
     factors = _factors(detail)
-    return _page(
+    return page_context(
         request,
         access,
         settings,
@@ -410,7 +387,7 @@ def proposal_print(
     return render(
         request,
         "proposal_print.html",
-        _page(
+        page_context(
             request,
             access,
             settings,
@@ -473,10 +450,10 @@ def decide(
         session.commit()
         return _decide_again(request, session, access, settings, proposal_id, entered, exc.message)
     except review.ReviewConflict as exc:
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         return _conflict(request, access, settings, exc, proposal_id=proposal_id)
     except review.ReviewInvalid as exc:
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         return _decide_again(
             request, session, access, settings, proposal_id, entered, exc.message, 422
         )
@@ -602,7 +579,7 @@ def _envelope_page(
         if view.current is not None
         else None
     )
-    context = _page(
+    context = page_context(
         request,
         access,
         settings,
@@ -697,7 +674,7 @@ async def envelope_edit(
             now=now,
         )
     except (review.ReviewConflict, review.ReviewInvalid) as exc:
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         view = _envelope_view(session, patient_id)
         patient = _patient(session, patient_id)
         session.rollback()
@@ -774,7 +751,7 @@ def _inbox(
     return render(
         request,
         "alerts.html",
-        _page(
+        page_context(
             request,
             access,
             settings,
@@ -822,10 +799,10 @@ def _alert_act(
     try:
         alert = act(session, alert_id=alert_id, user=access.principal, note=note, now=now)
     except review.ReviewConflict as exc:
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         return _conflict(request, access, settings, exc, back="/portal/alerts")
     except review.ReviewInvalid as exc:
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         return _inbox(
             request,
             session,

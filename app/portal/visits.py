@@ -22,9 +22,8 @@ from app.api.deps import Access, SessionDep, SettingsDep, require
 from app.core import clock
 from app.core.config import Settings
 from app.portal import drafts
-from app.portal.web import HERE, portal_page, render, router, templates
+from app.portal.web import HERE, page_context, portal_page, refuse, render, router, templates
 from audit import service as audit
-from audit.models import Outcome
 from loops.care import service as care
 from loops.visits import flows, service
 from loops.visits.cadence import Cadence
@@ -44,29 +43,6 @@ DECISION_LABELS = {
     "rejected": "rejected",
     "pending_review": "waiting for review",
 }
-
-
-def _page(
-    request: Request, access: Access, settings: Settings, nav: str, **context: Any
-) -> dict[str, Any]:
-    return {
-        "principal": access.principal,
-        "user_id": int(access.principal.id),
-        "idle_minutes": settings.session_idle_minutes,
-        "nav": nav,
-        "now": clock.utcnow(),
-        "path": request.url.path,
-        **context,
-    }
-
-
-def _refused(session: Session, access: Access, code: str) -> None:
-    """Undo the act's work and commit its audit entry alone, as a failure with the code."""
-    session.rollback()
-    access.entry.outcome = Outcome.FAILURE
-    access.entry.details = {**access.entry.details, "code": code}
-    audit.requeue(session, access.entry)
-    session.commit()
 
 
 # ------------------------------------------------------------------ trend chart
@@ -188,7 +164,7 @@ def due_page(
     return render(
         request,
         "visits_due.html",
-        _page(
+        page_context(
             request,
             access,
             settings,
@@ -250,7 +226,7 @@ def _summary_page(
     return render(
         request,
         "previsit.html",
-        _page(
+        page_context(
             request,
             access,
             settings,
@@ -331,7 +307,7 @@ def override_form(
             now=now,
         )
     except service.VisitError as exc:
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         return _summary_page(
             request,
             session,
@@ -380,7 +356,7 @@ def complete_form(
             visit_id=visit_id or None,
         )
     except service.VisitError as exc:
-        _refused(session, access, exc.code)
+        refuse(session, access, exc.code)
         return _summary_page(
             request, session, access, settings, patient_id, error=exc.message, status=exc.status
         )

@@ -14,13 +14,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
 
-from app.api.deps import SESSION_COOKIE
+from app.api.deps import SESSION_COOKIE, Access
 from app.auth.models import WebSession
 from app.auth.security import session_token_hash
+from app.core import clock
+from app.core.config import Settings
 from app.core.errors import ProblemError
 from app.db import READONLY_OPTION
 from app.portal import drafts
+from audit import service as audit
+from audit.models import Outcome
 
 HERE = FsPath(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -105,6 +110,30 @@ def login_page(
 def sign_in_again(request: Request, draft: str) -> Response:
     """The sign-in page for a form posted after the session ended, carrying the form."""
     return login_page(request, message=DRAFT_MESSAGE, status=401, draft=draft)
+
+
+def page_context(
+    request: Request, access: Access, settings: Settings, nav: str, **context: Any
+) -> dict[str, Any]:
+    """What every signed-in page's template needs (the layout's nav, idle guard, user)."""
+    return {
+        "principal": access.principal,
+        "user_id": int(access.principal.id),
+        "idle_minutes": settings.session_idle_minutes,
+        "nav": nav,
+        "now": clock.utcnow(),
+        "path": request.url.path,
+        **context,
+    }
+
+
+def refuse(session: Session, access: Access, code: str) -> None:
+    """Undo the act's work and commit its audit entry alone, as a failure with the code."""
+    session.rollback()
+    access.entry.outcome = Outcome.FAILURE
+    access.entry.details = {**access.entry.details, "code": code}
+    audit.requeue(session, access.entry)
+    session.commit()
 
 
 def render(
