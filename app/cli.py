@@ -42,6 +42,8 @@ cli.add_typer(models_cli, name="models")
 cli.add_typer(loop_cli, name="loop")
 visits_cli = typer.Typer(help="Visit cadence: each patient's next review.", no_args_is_help=True)
 cli.add_typer(visits_cli, name="visits")
+jobs_cli = typer.Typer(help="Scheduled jobs: list them, run one now.", no_args_is_help=True)
+cli.add_typer(jobs_cli, name="jobs")
 console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 
@@ -555,24 +557,182 @@ def models_train_initial(
 
 @models_cli.command("list")
 def models_list() -> None:
-    """Registered model versions with status, data hash and privacy spent."""
+    """Registered model versions with status, aliases, lineage and privacy spent."""
+    from mlops import lineage
     from mlops.models import ModelVersion
 
     with session_scope(readonly=True) as session:
-        rows = session.scalars(select(ModelVersion).order_by(col(ModelVersion.id))).all()
-        for v in rows:
+        listing = lineage.listing(session, limit=10_000)
+        for v in reversed(listing.items):  # oldest first, as before
+            row = session.scalars(
+                select(ModelVersion).where(
+                    col(ModelVersion.name) == v.name, col(ModelVersion.version) == v.version
+                )
+            ).one()
             typer.echo(
                 json.dumps(
                     {
-                        "model": f"{v.name}:v{v.version}",
+                        "model": v.label,
                         "status": v.status,
+                        "aliases": v.aliases,
+                        "parent_version": v.parent_version,
                         "data_hash": v.data_hash,
+                        "code_version": v.code_version,
                         "created_at": str(v.created_at),
-                        "epsilon": v.privacy.get("epsilon"),
-                        "accuracy": v.metrics.get("dp", {}).get("accuracy"),
+                        "epsilon": v.epsilon,
+                        "accuracy": row.metrics.get("dp", {}).get("accuracy"),
                     }
                 )
             )
+
+
+@models_cli.command("show")
+def models_show(
+    name: Annotated[str, typer.Argument(help="The model, e.g. titration.")],
+    version: Annotated[int, typer.Argument(min=1, help="The version.")],
+) -> None:
+    """A version's lineage as JSON: parents, snapshot, code, parameters, metrics, privacy,
+    validation runs, sign-offs (signatures verified), transitions, what it still lacks."""
+    from mlops import lifecycle, lineage
+
+    settings = _settings()
+    with session_scope(readonly=True) as session:
+        try:
+            found = lifecycle.get_version(session, name=name, version=version)
+        except lifecycle.ModelNotFound as exc:
+            raise CliError(str(exc)) from exc
+        shown = lineage.lineage(session, found, public_key=lifecycle.signing_public_key(settings))
+        typer.echo(json.dumps(shown.model_dump(mode="json")))
+
+
+@models_cli.command("validate")
+def models_validate(
+    name: Annotated[str, typer.Argument(help="The model, e.g. titration.")],
+    version: Annotated[int, typer.Argument(min=1, help="The candidate version.")],
+) -> None:
+    """Run every validation gate on a candidate; all passing makes it validated. Exits 1
+    when a gate failed, naming which check failed and by how much."""
+    from app.core import clock
+    from mlops import lifecycle
+    from validation import gates
+
+    settings = _settings()
+    with session_scope() as session:
+        try:
+            run = gates.run_gates(
+                session=session,
+                name=name,
+                version=version,
+                actor=_actor(),
+                now=clock.utcnow(),
+                data_dir=settings.data_dir,
+                settings=settings,
+            )
+        except lifecycle.ModelNotFound as exc:
+            raise CliError(str(exc)) from exc
+        except lifecycle.LifecycleRefused as exc:
+            raise CliError(f"{exc.code}: {exc.detail}") from exc
+        session.commit()
+        typer.echo(
+            json.dumps(
+                {
+                    "model": f"{name}:v{version}",
+                    "run_id": run.run_id,
+                    "passed": run.passed,
+                    "champion_version": run.champion_version,
+                    "gates": [
+                        {"gate": r.gate, "passed": r.passed, "detail": r.detail}
+                        for r in run.results
+                    ],
+                }
+            )
+        )
+    if not run.passed:
+        failed = [f"{r.gate}: {r.detail}" for r in run.results if not r.passed]
+        raise CliError(f"{name}:v{version} failed {len(failed)} gate(s): " + " | ".join(failed))
+
+
+@models_cli.command("signoff")
+def models_signoff(
+    name: Annotated[str, typer.Argument(help="The model, e.g. titration.")],
+    version: Annotated[int, typer.Argument(min=1, help="The validated version.")],
+    username: Annotated[str, typer.Option("--username", help="Who signs (re-authenticated).")],
+    role: Annotated[
+        str, typer.Option("--role", help="The role signed in: ml_engineer or clinical_lead.")
+    ],
+    note: Annotated[str, typer.Option("--note", help="Optional note on the record.")] = "",
+) -> None:
+    """Sign a validated version off for production under an electronic signature: the
+    meaning is shown and confirmed, the signer's password is asked for (never an option)."""
+    from app.core import clock
+    from audit.models import Outcome
+    from mlops import lifecycle
+    from mlops.models import SignoffRole
+
+    settings = _settings()
+    try:
+        signoff_role = SignoffRole(role)
+    except ValueError as exc:
+        raise CliError(f"unknown role {role!r}: ml_engineer or clinical_lead") from exc
+    meaning = lifecycle.SIGNOFF_MEANINGS[signoff_role]
+    console.print(f"signing {name}:v{version} as {signoff_role}: {meaning}")
+    # Asked on stderr and read from stdin, so that stdout holds only the JSON result.
+    console.print("Sign with this meaning? [y/N]: ", end="")
+    if sys.stdin.readline().strip().lower() not in {"y", "yes"}:
+        raise CliError("not signed: the meaning was not confirmed")
+    password = typer.prompt("password", hide_input=True, err=True)
+    with session_scope() as session:
+        signer = session.scalars(
+            select(User).where(col(User.username) == username.strip().lower())
+        ).first()
+        if signer is None:
+            raise CliError(f"no such user: {username}")
+        try:
+            row = lifecycle.signoff(
+                session=session,
+                name=name,
+                version=version,
+                signer=signer,
+                role=signoff_role,
+                meaning=meaning,
+                note=note,
+                now=clock.utcnow(),
+                password=password,
+                settings=settings,
+            )
+        except lifecycle.ModelNotFound as exc:
+            raise CliError(str(exc)) from exc
+        except lifecycle.SignoffRefused as exc:
+            if exc.status == 403:
+                # Keep the failed attempt's count (toward lockout) and say who was refused.
+                audit.record(
+                    session,
+                    actor=f"user:{signer.id}",
+                    actor_role=str(signer.role),
+                    action="model.signoff",
+                    resource_type="model",
+                    resource_id=f"{name}:v{version}",
+                    outcome=Outcome.DENIED,
+                    details={"code": exc.code, "role": str(signoff_role), "via": "cli"},
+                )
+                session.commit()
+            raise CliError(f"{exc.code}: {exc.detail}") from exc
+        session.commit()
+        typer.echo(
+            json.dumps(
+                {
+                    "model": f"{name}:v{version}",
+                    "role": row.signoff_role,
+                    "signer": row.signer_name,
+                    "meaning": row.meaning,
+                    "signed_at": str(row.signed_at),
+                    "record_sha256": row.record_sha256,
+                    "ready_for_rollout": lifecycle.ready_for_rollout(
+                        session, name=name, version=version
+                    ),
+                }
+            )
+        )
 
 
 @models_cli.command("rollout")
@@ -751,6 +911,127 @@ def visits_recompute(
         )
         session.commit()
     typer.echo(json.dumps(totals))
+
+
+def _job_run_json(run: Any, now: Any) -> dict[str, Any]:
+    from app.core import clock
+    from validation.scheduler import lapsed
+
+    return {
+        "id": run.id,
+        "period": run.period,
+        "status": "lapsed" if lapsed(run, now) else run.status,
+        "holder": run.holder,
+        "attempts": run.attempts,
+        "started_at": clock.iso(run.started_at),
+        "finished_at": clock.iso(run.finished_at) if run.finished_at else None,
+        "details": run.details,
+    }
+
+
+@cli.command()
+def scheduler(
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Schedule only this job (repeatable); default: all."),
+    ] = None,
+) -> None:
+    """Run the scheduled jobs in the foreground until SIGTERM or SIGINT. Each firing runs once
+    across every scheduler and server process (database leases; docs/scheduler.md)."""
+    import logging
+
+    from app.db import session_factory
+    from validation import jobs
+    from validation.scheduler import Scheduler, run_forever
+
+    settings = _settings()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # APScheduler logs every firing at INFO; ours say what a run did.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    registry = jobs.registry(settings)
+    if only:
+        unknown = sorted(set(only) - set(registry))
+        if unknown:
+            raise CliError(f"no such job: {', '.join(unknown)} (see `clinaiops jobs list`)")
+        registry = {name: job for name, job in registry.items() if name in only}
+    runner = Scheduler(session_factory(get_engine()), registry, settings)
+    if not runner.jobs:
+        raise CliError("no job is scheduled: every selected job's schedule is off")
+    run_forever(runner)
+
+
+@jobs_cli.command("list")
+def jobs_list() -> None:
+    """Each job with its schedule and its latest run (one JSON object per line)."""
+    from app.core import clock
+    from validation import jobs, service
+
+    now = clock.utcnow()
+    registry = jobs.registry(_settings())
+    with session_scope(readonly=True) as session:
+        for name, job in registry.items():
+            last = service.latest_runs(session, job=name, limit=1)
+            typer.echo(
+                json.dumps(
+                    {
+                        "job": name,
+                        "summary": job.summary,
+                        "schedule": job.schedule.describe() if job.schedule else "off",
+                        "lease_seconds": int(job.lease.total_seconds()),
+                        "last_run": _job_run_json(last[0], now) if last else None,
+                    }
+                )
+            )
+
+
+@jobs_cli.command("run")
+def jobs_run(name: Annotated[str, typer.Argument(help="The job's name.")]) -> None:
+    """Run a job now, under its lease for a manual period, recorded like a scheduled run."""
+    from app.core import clock
+    from app.db import session_factory
+    from validation import jobs, service
+    from validation.scheduler import FAILED, LOST, SKIPPED, run_job
+
+    settings = _settings()
+    job = jobs.registry(settings).get(name)
+    if job is None:
+        raise CliError(f"no such job: {name} (see `clinaiops jobs list`)")
+    now = clock.utcnow()
+    period = jobs.manual_period(now)
+    result = run_job(
+        session_factory(get_engine()),
+        job,
+        settings=settings,
+        now=now,
+        period=period,
+        holder=service.holder_name(),
+    )
+    if result.status == SKIPPED:
+        raise CliError(f"job {name} is running elsewhere ({result.holder}); try again later")
+    with session_scope() as session:
+        _record(
+            session,
+            "job.run",
+            resource_type="job",
+            resource_id=name,
+            details={"period": period, "status": result.status},
+        )
+        session.commit()
+    typer.echo(
+        json.dumps(
+            {
+                "job": name,
+                "period": period,
+                "status": result.status,
+                "run_id": result.run_id,
+                "details": result.details,
+            }
+        )
+    )
+    if result.status in (FAILED, LOST):
+        raise CliError(f"job {name} {result.status}: {result.reason or 'see its run'}")
 
 
 # ------------------------------------------------------------------ private retraining (part A)

@@ -3,20 +3,380 @@ validation, sign-offs, rollout and rollback (ML engineers; clinical leads sign o
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
 from app.api.deps import Access, SessionDep, SettingsDep, require
+from app.auth.models import User
 from app.core import clock
 from app.core.errors import ProblemError
+from audit.models import Outcome
 from mlops import ledger as privacy_ledger
-from mlops import retrain, snapshots
-from mlops.models import TrainingSnapshot
+from mlops import lifecycle, lineage, retrain, rollout, snapshots
+from mlops.models import ModelVersion, Rollout, RolloutStep, SignoffRole, TrainingSnapshot
+from validation import gates
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
+
+
+# ------------------------------------------------------------------ part B: registry lifecycle
+# Versions and their lineage, validation, sign-offs and the serving history. Model names are
+# short identifiers; versions are positive. Every call is audited (the route's entry names
+# the version; the services add `model.gates`, `model.transition` and `model.signed`).
+
+_MODEL_NAME = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+_VERSION = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+class SignoffBody(BaseModel):
+    """An electronic signature on a version: the role signed in, its meaning stated back
+    (see `signoff_meanings` on the version), the password again, and an optional note."""
+
+    role: SignoffRole
+    meaning: str = Field(min_length=1, max_length=300)
+    password: str = Field(max_length=1024)
+    note: str = Field(default="", max_length=1000)
+
+
+def _refusal(exc: lifecycle.LifecycleRefused) -> ProblemError:
+    return ProblemError(exc.status, exc.code, exc.detail)
+
+
+def _version_of(session: SessionDep, access: Access, name: str, version: int) -> ModelVersion:
+    """The version, named on the audit entry; 404 when there is none."""
+    access.entry.resource_type, access.entry.resource_id = "model", lifecycle.label(name, version)
+    try:
+        return lifecycle.get_version(session, name=name, version=version)
+    except lifecycle.ModelNotFound as exc:
+        raise ProblemError(404, "not_found", "no such model version") from exc
+
+
+@router.get("/models", response_model=lineage.ModelListing)
+def list_models(
+    session: SessionDep,
+    access: Annotated[Access, require("model", "list")],
+    name: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_-]{0,63}$")] = None,
+) -> lineage.ModelListing:
+    """Registered model versions, newest first, with status and aliases."""
+    found = lineage.listing(session, name=name)
+    access.entry.resource_type = "model"
+    access.entry.details = {"count": len(found.items)}
+    session.commit()
+    return found
+
+
+@router.get("/models/{name}/versions/{version}", response_model=lineage.Lineage)
+def read_model_version(
+    name: _MODEL_NAME,
+    version: _VERSION,
+    session: SessionDep,
+    settings: SettingsDep,
+    access: Annotated[Access, require("model", "read")],
+) -> lineage.Lineage:
+    """A version's lineage: parents, snapshot, code, parameters, metrics, privacy, gate runs
+    with evidence, sign-offs (signatures verified), transitions, and what it still lacks."""
+    found = _version_of(session, access, name, version)
+    shown = lineage.lineage(session, found, public_key=lifecycle.signing_public_key(settings))
+    session.commit()
+    return shown
+
+
+@router.post("/models/{name}/versions/{version}/validate", response_model=lineage.GateRunRead)
+def validate_model_version(
+    name: _MODEL_NAME,
+    version: _VERSION,
+    session: SessionDep,
+    settings: SettingsDep,
+    access: Annotated[Access, require("model", "validate")],
+) -> lineage.GateRunRead:
+    """Run every validation gate on a candidate; a passing run makes it validated. A failed
+    gate is not an error: the run is answered with `passed: false` and what failed."""
+    _version_of(session, access, name, version)
+    try:
+        run = gates.run_gates(
+            session=session,
+            name=name,
+            version=version,
+            actor=access.principal.actor,
+            now=clock.utcnow(),
+            data_dir=settings.data_dir,
+            settings=settings,
+        )
+    except lifecycle.LifecycleRefused as exc:
+        raise _refusal(exc) from exc
+    access.entry.details = {"run_id": run.run_id, "passed": run.passed, "failed": run.failed}
+    session.commit()
+    return lineage.gate_run(run.run_id, run.results)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/signoffs",
+    response_model=lineage.SignoffRead,
+    status_code=201,
+)
+def sign_off_model_version(
+    name: _MODEL_NAME,
+    version: _VERSION,
+    body: SignoffBody,
+    session: SessionDep,
+    settings: SettingsDep,
+    access: Annotated[Access, require("model", "signoff")],
+) -> lineage.SignoffRead:
+    """Sign a validated version off for production (ML engineer or clinical lead) under an
+    electronic signature: password re-entered and meaning stated. A wrong password or a
+    signer without the role is 403, audited as a denial; nothing is signed."""
+    found = _version_of(session, access, name, version)
+    signer = session.get(User, int(access.principal.id))
+    if signer is None:
+        raise ProblemError(403, "forbidden", "no such signer")
+    try:
+        row = lifecycle.signoff(
+            session=session,
+            name=name,
+            version=version,
+            signer=signer,
+            role=body.role,
+            meaning=body.meaning,
+            note=body.note,
+            now=clock.utcnow(),
+            password=body.password,
+            settings=settings,
+        )
+    except lifecycle.SignoffRefused as exc:
+        if exc.status == 403:
+            # Only the failed attempt's count (toward lockout) and this denial are written.
+            access.entry.outcome = Outcome.DENIED
+            access.entry.details = {"code": exc.code, "role": str(body.role)}
+            session.commit()
+            raise ProblemError(
+                403, exc.code, exc.detail, extra={"retry_after": exc.retry_after}
+            ) from exc
+        raise _refusal(exc) from exc
+    access.entry.details = {"role": str(body.role), "record_sha256": row.record_sha256}
+    session.commit()
+    return lineage.signoff_read(row, found, lifecycle.signing_public_key(settings))
+
+
+@router.get("/models/{name}/history", response_model=lineage.ServingHistory)
+def model_history(
+    name: _MODEL_NAME,
+    session: SessionDep,
+    access: Annotated[Access, require("model", "read")],
+) -> lineage.ServingHistory:
+    """Which version served when (production intervals), the aliases, every transition."""
+    access.entry.resource_type, access.entry.resource_id = "model", name
+    shown = lineage.history(session, name=name)
+    if not shown.transitions and not shown.intervals:
+        raise ProblemError(404, "not_found", "no such model")
+    session.commit()
+    return shown
+
+
+# ------------------------------------------------------------------ part C: rollout
+# Start a signed-off version's rollout (shadow, then the canary's steps), read the running or
+# latest rollout with its steps and the live analysis of its current step, and roll back by
+# hand. The services add `model.transition`, `model.alias` and `model.rollout.*` entries.
+
+_ROLLOUT_MODEL = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+_ROLLOUT_VERSION = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+class RolloutStart(BaseModel):
+    """How long each step runs before its analysis may advance it (default: the setting
+    `canary_dwell_minutes`)."""
+
+    dwell_minutes: int | None = Field(default=None, ge=1, le=43_200)
+
+
+class RollbackBody(BaseModel):
+    """Why the model is rolled back (kept on the transitions and the rollout)."""
+
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class RolloutStepRead(BaseModel):
+    """One analysis of a step: what it measured and decided (a live one has no id)."""
+
+    id: int | None
+    stage: str
+    percent: int
+    started_at: str
+    analysed_at: str
+    decision: str
+    reasons: list[str]
+    analysis: dict[str, Any]
+
+
+class RolloutRead(BaseModel):
+    """A rollout: where it stands, the steps it went through, and, while it runs, the live
+    analysis of its current step. `model_alert` is set when it was rolled back on a breach."""
+
+    id: int
+    model: str
+    challenger_version: int
+    champion_version: int | None
+    status: str
+    percent: int
+    dwell_seconds: int
+    started_by: str
+    started_at: str
+    step_started_at: str
+    ended_at: str | None
+    end_reason: str
+    model_alert: str | None
+    steps: list[RolloutStepRead]
+    current: RolloutStepRead | None
+
+
+class RollbackRead(BaseModel):
+    """What a rollback did: the version retired and the one serving now."""
+
+    retired_version: int
+    serving_version: int | None
+    rollout_id: int | None
+    artifact_problem: str | None
+
+
+def _step_read(step: RolloutStep) -> RolloutStepRead:
+    return RolloutStepRead(
+        id=step.id,
+        stage=step.stage,
+        percent=step.percent,
+        started_at=clock.iso(step.started_at),
+        analysed_at=clock.iso(step.analysed_at),
+        decision=step.decision,
+        reasons=list(step.reasons),
+        analysis=step.analysis,
+    )
+
+
+def _rollout_read(session: SessionDep, found: Rollout, now: datetime) -> RolloutRead:
+    current = None
+    if found.status in rollout.ACTIVE:
+        live = rollout.analyse(session, rollout=found, now=now)
+        current = RolloutStepRead(
+            id=None,
+            stage=found.status,
+            percent=found.percent,
+            started_at=clock.iso(found.step_started_at),
+            analysed_at=clock.iso(now),
+            decision=str(live.analysis.verdict),
+            reasons=list(live.analysis.reasons),
+            analysis=live.document(),
+        )
+    automatic = found.end_reason.startswith(rollout.AUTOMATIC)
+    return RolloutRead(
+        id=found.id or 0,
+        model=found.model_name,
+        challenger_version=found.challenger_version,
+        champion_version=found.champion_version,
+        status=found.status,
+        percent=found.percent,
+        dwell_seconds=found.dwell_seconds,
+        started_by=found.started_by,
+        started_at=clock.iso(found.started_at),
+        step_started_at=clock.iso(found.step_started_at),
+        ended_at=clock.iso(found.ended_at) if found.ended_at else None,
+        end_reason=found.end_reason,
+        model_alert=found.end_reason if automatic else None,
+        steps=[_step_read(s) for s in rollout.steps(session, rollout_id=found.id or 0)],
+        current=current,
+    )
+
+
+def _rollout_refusal(exc: rollout.RolloutRefused | lifecycle.LifecycleRefused) -> ProblemError:
+    return ProblemError(exc.status, exc.code, exc.detail)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/rollout", response_model=RolloutRead, status_code=201
+)
+def start_rollout(
+    name: _ROLLOUT_MODEL,
+    version: _ROLLOUT_VERSION,
+    session: SessionDep,
+    settings: SettingsDep,
+    access: Annotated[Access, require("model", "promote")],
+    body: RolloutStart | None = None,
+) -> RolloutRead:
+    """Start the rollout of a validated version with its gates passed and both sign-offs: it
+    scores in shadow beside the champion, then serves a growing canary slice (`clinaiops
+    models tick` or the scheduler analyses each step); 409 with what is missing otherwise."""
+    access.entry.resource_type, access.entry.resource_id = "model", lifecycle.label(name, version)
+    minutes = body.dwell_minutes if body is not None else None
+    now = clock.utcnow()
+    try:
+        started = rollout.start(
+            session=session,
+            name=name,
+            version=version,
+            actor=access.principal.actor,
+            now=now,
+            dwell=timedelta(minutes=minutes or settings.canary_dwell_minutes),
+        )
+    except lifecycle.ModelNotFound as exc:
+        raise ProblemError(404, "not_found", "no such model version") from exc
+    except (rollout.RolloutRefused, lifecycle.LifecycleRefused) as exc:
+        raise _rollout_refusal(exc) from exc
+    access.entry.details = {"rollout_id": started.id, "dwell_seconds": started.dwell_seconds}
+    shown = _rollout_read(session, started, now)
+    session.commit()
+    return shown
+
+
+@router.get("/models/{name}/rollout", response_model=RolloutRead)
+def read_rollout(
+    name: _ROLLOUT_MODEL,
+    session: SessionDep,
+    access: Annotated[Access, require("model", "read")],
+) -> RolloutRead:
+    """The running rollout (else the latest one) with its steps and, while it runs, the live
+    analysis of its current step: error rate, override rate, routing mix, latency."""
+    access.entry.resource_type, access.entry.resource_id = "model", name
+    found = rollout.latest(session, name=name)
+    if found is None:
+        raise ProblemError(404, "not_found", "this model has had no rollout")
+    shown = _rollout_read(session, found, clock.utcnow())
+    access.entry.details = {"rollout_id": found.id, "status": found.status}
+    session.commit()
+    return shown
+
+
+@router.post("/models/{name}/rollback", response_model=RollbackRead)
+def rollback_model(
+    name: _ROLLOUT_MODEL,
+    body: RollbackBody,
+    session: SessionDep,
+    access: Annotated[Access, require("model", "rollback")],
+) -> RollbackRead:
+    """Roll back by hand: a running rollout ends (its challenger retired, the champion serves
+    everyone); otherwise the production version is retired and the previous one restored."""
+    access.entry.resource_type, access.entry.resource_id = "model", name
+    try:
+        result = rollout.rollback(
+            session=session,
+            name=name,
+            actor=access.principal.actor,
+            reason=body.reason,
+            now=clock.utcnow(),
+        )
+    except (rollout.RolloutRefused, lifecycle.LifecycleRefused) as exc:
+        raise _rollout_refusal(exc) from exc
+    access.entry.details = {
+        "retired_version": result.retired,
+        "serving_version": result.serving,
+        "rollout_id": result.rollout_id,
+    }
+    session.commit()
+    return RollbackRead(
+        retired_version=result.retired,
+        serving_version=result.serving,
+        rollout_id=result.rollout_id,
+        artifact_problem=result.artifact_problem,
+    )
 
 
 # ------------------------------------------------------------------ part A: training, ledger

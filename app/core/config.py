@@ -66,15 +66,41 @@ class Settings(BaseSettings):
     # long a patient's readings may keep arriving before one evaluation covers the burst.
     loop_worker_seconds: Annotated[float, Field(ge=0, le=3600)] = 5.0
     loop_debounce_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
-    # The daily evaluation of every patient: from this UTC hour on, once a day, by one
-    # replica (a job lease in the database); None turns it off (run `clinaiops loop run
-    # --daily` from cron instead). The lease lapses after `daily_run_lease_minutes`.
+    # Scheduled jobs (validation/jobs.py, docs/scheduler.md). Each firing runs once across
+    # every scheduler process and replica: the first to claim the job's period in the database
+    # (a job lease) runs it. The lease is renewed every third of `job_lease_seconds` while the
+    # job runs; a holder that dies stops renewing, and after this long another takes over.
+    # The server process runs a scheduler of its own while `scheduler_in_process` is on and
+    # its loop worker runs (`loop_worker_seconds` above 0); `clinaiops scheduler` is one more.
+    scheduler_in_process: bool = True
+    job_lease_seconds: Annotated[int, Field(ge=2, le=86_400)] = 300
+    # A daily job fires at its UTC hour and then every `daily_job_recheck_seconds` until
+    # midnight, so a server started later in the day, a failed run (up to three attempts) or
+    # a dead holder's lapsed lease is taken up the same day; a done day is skipped.
+    daily_job_recheck_seconds: Annotated[int, Field(ge=1, le=3600)] = 600
+    # The daily evaluation of every patient, from this UTC hour, once a day; None turns its
+    # schedule off (`clinaiops jobs run daily_evaluation` still runs it).
     daily_evaluation_hour_utc: Annotated[int | None, Field(ge=0, le=23)] = 6
-    daily_run_lease_minutes: Annotated[int, Field(ge=1, le=1440)] = 120
-    # The daily recompute of every patient's next visit (the cadence rule): from this UTC hour
-    # on, once a day, by one replica (a job lease); None turns it off (run `clinaiops visits
-    # recompute` from cron instead). Urgent alerts pull a visit forward at any hour.
+    # The daily recompute of every patient's next visit (the cadence rule) and care plan
+    # versions; None: off. Urgent alerts pull a visit forward at any hour (the loop worker).
     visit_cadence_hour_utc: Annotated[int | None, Field(ge=0, le=23)] = 5
+    # The drift report over the last 7 days, daily from this UTC hour; None: off.
+    drift_report_hour_utc: Annotated[int | None, Field(ge=0, le=23)] = 2
+    # The full audit log verification, daily from this UTC hour; None: off.
+    audit_verify_hour_utc: Annotated[int | None, Field(ge=0, le=23)] = 3
+    # A signed tree head over the audit log every this many seconds; None: off.
+    audit_checkpoint_seconds: Annotated[int | None, Field(ge=1, le=86_400)] = 3600
+    # Retraining when mlops.retrain.retrain_due says so, daily from this UTC hour (after the
+    # drift report, whose alert is one reason); None: off. The candidate waits for the gates.
+    retraining_hour_utc: Annotated[int | None, Field(ge=0, le=23)] = 4
+    # The validation gates on new candidates, every this many seconds; None: off.
+    model_validation_seconds: Annotated[int | None, Field(ge=1, le=86_400)] = 900
+    # One analysis of each running rollout (mlops.rollout.tick) every this many seconds: a
+    # canary's breach is rolled back within one such cycle; None: off.
+    rollout_analysis_seconds: Annotated[int | None, Field(ge=1, le=3600)] = 300
+    # Overdue alerts escalate on this grid (seconds): the lateness of an escalation past its
+    # severity's limit (15 minutes for a crisis) is at most this; None: off.
+    alert_escalation_seconds: Annotated[int | None, Field(ge=1, le=3600)] = 60
     # Clinician review: a claim locks a proposal for one clinician this long (then lapses),
     # and a queued proposal should be decided within this many hours (the queue's target).
     review_claim_minutes: Annotated[int, Field(ge=1, le=240)] = 10
@@ -105,6 +131,17 @@ class Settings(BaseSettings):
     # the DP guarantee covers a whole patient; at k it covers a patient only by group privacy
     # (k times the epsilon; docs/privacy.md).
     training_max_rows_per_patient: Annotated[int, Field(ge=1, le=1000)] = 1
+
+    # Validation gates a candidate model must pass (validation/gates.py,
+    # docs/model-lifecycle.md): non-inferiority margins against the champion on the holdout
+    # (log-loss in nats, by its 95% bootstrap upper bound; accuracy as a share, by its point
+    # estimate), the largest expected calibration error, the largest accuracy gap of a
+    # subgroup below the overall (subgroups of at least `gate_min_subgroup_rows` rows).
+    gate_nll_margin: Annotated[float, Field(ge=0, le=1)] = 0.15
+    gate_accuracy_margin: Annotated[float, Field(ge=0, le=1)] = 0.05
+    gate_max_ece: Annotated[float, Field(gt=0, le=1)] = 0.08
+    gate_max_subgroup_gap: Annotated[float, Field(ge=0, le=1)] = 0.10
+    gate_min_subgroup_rows: Annotated[int, Field(ge=1)] = 30
     # Model rollout (mlops/rollout.py, docs/model-lifecycle.md): how long each step (shadow,
     # then the canary at 10, 25, 50 and 100% of patients) runs before its analysis may
     # advance it; a breach rolls back at the next analysis whatever the dwell.
