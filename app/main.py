@@ -89,6 +89,7 @@ ROUTERS = (
     message_views.router,
     model_views.router,
     validation_views.router,
+    validation_views.jobs_router,
 )
 
 
