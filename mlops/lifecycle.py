@@ -416,10 +416,10 @@ def set_alias(
     current = session.get(ModelAlias, (name, alias), with_for_update=True)
     before = current.version if current is not None else None
     if version is None:
-        if current is not None:
+        if current is not None:  # removing an absent alias changes nothing: no entry
             session.delete(current)
             session.flush()
-        _audit_alias(session, name, alias, before, None, actor)
+            _audit_alias(session, name, alias, before, None, actor)
         return None
     target = get_version(session, name=name, version=version)
     allowed = (
