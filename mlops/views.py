@@ -180,9 +180,6 @@ def model_history(
 # latest rollout with its steps and the live analysis of its current step, and roll back by
 # hand. The services add `model.transition`, `model.alias` and `model.rollout.*` entries.
 
-_ROLLOUT_MODEL = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
-_ROLLOUT_VERSION = Annotated[int, Path(ge=1, le=2**31 - 1)]
-
 
 class RolloutStart(BaseModel):
     """How long each step runs before its analysis may advance it (default: the setting
@@ -295,8 +292,8 @@ def _rollout_refusal(exc: rollout.RolloutRefused | lifecycle.LifecycleRefused) -
     "/models/{name}/versions/{version}/rollout", response_model=RolloutRead, status_code=201
 )
 def start_rollout(
-    name: _ROLLOUT_MODEL,
-    version: _ROLLOUT_VERSION,
+    name: _MODEL_NAME,
+    version: _VERSION,
     session: SessionDep,
     settings: SettingsDep,
     access: Annotated[Access, require("model", "promote")],
@@ -305,7 +302,7 @@ def start_rollout(
     """Start the rollout of a validated version with its gates passed and both sign-offs: it
     scores in shadow beside the champion, then serves a growing canary slice (`clinaiops
     models tick` or the scheduler analyses each step); 409 with what is missing otherwise."""
-    access.entry.resource_type, access.entry.resource_id = "model", lifecycle.label(name, version)
+    _version_of(session, access, name, version)
     minutes = body.dwell_minutes if body is not None else None
     now = clock.utcnow()
     try:
@@ -317,8 +314,6 @@ def start_rollout(
             now=now,
             dwell=timedelta(minutes=minutes or settings.canary_dwell_minutes),
         )
-    except lifecycle.ModelNotFound as exc:
-        raise ProblemError(404, "not_found", "no such model version") from exc
     except (rollout.RolloutRefused, lifecycle.LifecycleRefused) as exc:
         raise _rollout_refusal(exc) from exc
     access.entry.details = {"rollout_id": started.id, "dwell_seconds": started.dwell_seconds}
@@ -329,7 +324,7 @@ def start_rollout(
 
 @router.get("/models/{name}/rollout", response_model=RolloutRead)
 def read_rollout(
-    name: _ROLLOUT_MODEL,
+    name: _MODEL_NAME,
     session: SessionDep,
     access: Annotated[Access, require("model", "read")],
 ) -> RolloutRead:
@@ -347,7 +342,7 @@ def read_rollout(
 
 @router.post("/models/{name}/rollback", response_model=RollbackRead)
 def rollback_model(
-    name: _ROLLOUT_MODEL,
+    name: _MODEL_NAME,
     body: RollbackBody,
     session: SessionDep,
     access: Annotated[Access, require("model", "rollback")],
