@@ -36,7 +36,7 @@ from loops.models import Evaluation, Proposal
 from loops.review.models import Decision, DecisionKind
 from mlops import dataset
 from mlops.features import FEATURE_NAMES, RegimenFacts, compute_features
-from mlops.models import ModelVersion
+from mlops.models import ModelVersion, TrainingSnapshot
 from validation import drift
 from validation.drift import (
     AGE_BAND,
@@ -592,15 +592,29 @@ def override_counts(session: Session, *, start: datetime, end: datetime) -> tupl
     return overridden, sum(counts.values())
 
 
-def reference_frame(version: ModelVersion, *, cache_dir: Path) -> pd.DataFrame:
-    """The training data of `version`, rebuilt from its recorded parameters and checked
-    against its recorded data hash; cached by that hash (Parquet) under `cache_dir`."""
+def reference_frame(
+    version: ModelVersion,
+    *,
+    cache_dir: Path,
+    session: Session | None = None,
+    data_dir: Path | None = None,
+) -> pd.DataFrame:
+    """The training data of `version`: its training snapshot if it was retrained on one
+    (read from the snapshot's file, checked by hash), else rebuilt from its recorded
+    parameters and checked against its recorded data hash; cached by that hash (Parquet)
+    under `cache_dir`."""
     cached = cache_dir / f"reference-{version.data_hash}.parquet"
     if cached.exists():
         with _quiet():
             frame = pd.read_parquet(cached)
         if list(frame.columns[: len(FEATURE_NAMES)]) == list(FEATURE_NAMES):
             return frame
+    if session is not None and data_dir is not None:
+        snapshot = session.scalars(
+            select(TrainingSnapshot).where(col(TrainingSnapshot.content_hash) == version.data_hash)
+        ).first()
+        if snapshot is not None:
+            return _snapshot_reference(snapshot, data_dir=data_dir, cached=cached)
     params: Mapping[str, Any] = version.params
     if params.get("scenario", "None") != "None":
         raise ReferenceUnavailable("the training cohort used a scenario that cannot be rebuilt")
@@ -621,6 +635,30 @@ def reference_frame(version: ModelVersion, *, cache_dir: Path) -> pd.DataFrame:
     cuffs = {p.pseudonym: p.cuff_model for p in generate_patients(n_patients, seed)}
     frame[DEVICE_MODEL] = [cuffs.get(str(g), "") for g in data.groups]
     cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(".tmp")
+    frame.to_parquet(partial, index=False)
+    partial.replace(cached)  # atomic: a reader never sees half a file
+    return frame
+
+
+def _snapshot_reference(
+    snapshot: TrainingSnapshot, *, data_dir: Path, cached: Path
+) -> pd.DataFrame:
+    """A retrained model's reference: the rows of its training snapshot (train and holdout).
+
+    Snapshot rows carry no device model, so the reference has none: drift is still found
+    per feature and per subgroup, but not attributed to a device model against it."""
+    from mlops import snapshots  # late: mlops.snapshots imports the validation package
+
+    try:
+        data = snapshots.load(snapshot, data_dir=data_dir)
+    except snapshots.SnapshotFileError as exc:
+        raise ReferenceUnavailable(f"the training snapshot cannot be read: {exc}") from exc
+    if tuple(data.feature_names) != FEATURE_NAMES:
+        raise ReferenceUnavailable("the model was trained on another feature set")
+    frame = pd.DataFrame(data.X, columns=list(data.feature_names), dtype=np.float64)
+    frame[DEVICE_MODEL] = ""
+    cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(".tmp")
     frame.to_parquet(partial, index=False)
     partial.replace(cached)  # atomic: a reader never sees half a file

@@ -246,7 +246,10 @@ def create_drift_report(
     else:
         try:
             reference = monitoring.reference_frame(
-                version, cache_dir=data_dir / DRIFT_DIR / "reference"
+                version,
+                cache_dir=data_dir / DRIFT_DIR / "reference",
+                session=session,
+                data_dir=data_dir,
             )
             reference_id = f"training:{version.data_hash}"
         except monitoring.ReferenceUnavailable as exc:

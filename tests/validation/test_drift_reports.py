@@ -23,7 +23,7 @@ from device_ingest.simulator import Cohort, DayOutput, FirmwareDrift, Scenario
 from loops import service as loops
 from loops.models import Evaluation, Proposal
 from loops.review.models import Decision
-from mlops import dataset, registry
+from mlops import dataset, registry, snapshots
 from mlops.features import FEATURE_NAMES
 from mlops.models import ModelStatus
 from tests.conftest import World
@@ -490,3 +490,45 @@ def test_run_drift_job_when_overrides_rise_alerts_on_override_rate(
     assert (override["alert"], override["reason"]) == (True, "increase")
     assert (report.status, report.summary["reasons"]) == ("alert", ["override_rate"])
     assert "override rate 40% (was 12%)" in report.headline
+
+
+def test_reference_frame_when_model_retrained_on_snapshot_reads_the_snapshot(
+    world: World, tmp_path: Path
+) -> None:
+    # A retrained model's data hash names its training snapshot: the reference is the
+    # snapshot's rows, read from its hash-checked file, not a rebuilt simulated cohort.
+    snapshot = snapshots.build_simulated(
+        session=world.session,
+        now=datetime(2026, 12, 6, tzinfo=UTC),
+        actor="test",
+        data_dir=tmp_path,
+        n_patients=40,
+        days=28,
+        seed=3,
+    )
+    version = registry.register(
+        world.session,
+        name=registry.TITRATION,
+        artifact_path=tmp_path / "m.json",
+        artifact_sha256="0" * 64,
+        data_hash=snapshot.content_hash,
+        feature_names=FEATURE_NAMES,
+        params={"snapshot_id": snapshot.id},
+        metrics={},
+        privacy={},
+        created_by="test",
+        status=ModelStatus.PRODUCTION,
+    )
+    built = monitoring.reference_frame(
+        version, cache_dir=tmp_path / "cache", session=world.session, data_dir=tmp_path
+    )
+    data = snapshots.load(snapshot, data_dir=tmp_path)
+    pd.testing.assert_frame_equal(
+        built[list(FEATURE_NAMES)], pd.DataFrame(data.X, columns=list(FEATURE_NAMES))
+    )
+    assert set(built["device_model"]) == {""}
+    (tmp_path / snapshot.path).write_bytes(b"changed")
+    with pytest.raises(monitoring.ReferenceUnavailable, match="snapshot"):
+        monitoring.reference_frame(
+            version, cache_dir=tmp_path / "other", session=world.session, data_dir=tmp_path
+        )
