@@ -1,7 +1,8 @@
 """The application role of docs/postgresql.md, on PostgreSQL: roles, database and grants are
 made from that page's own SQL (steps 1 and 3), the owner migrates, and the application role
-then does the patient-clinician loop's writes through the service layer and is refused what
-the grants leave out. A new table without a grant on that page fails here."""
+then does the patient-clinician loop's and the model lifecycle's writes through the service
+layer and is refused what the grants leave out. A new table without a grant on that page
+fails here."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import secrets
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,24 +21,44 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from app.auth.models import User
+from app.auth.models import Role, User
 from app.core import clock
 from app.core.config import Environment, Settings
 from app.db import make_engine, session_factory
 from app.migrate import upgrade
 from app.seed import seed_demo
+from audit import keys
+from device_ingest import service as devices
+from device_ingest.models import DeviceClass, IngestBatch, Reading
 from loops import service as loop_service
 from loops import worker
 from loops.care import service as care
 from loops.care.models import CarePlanVersion, GoalKind, GoalStatus
+from loops.flows import evaluate_many
 from loops.messages import service as messages
 from loops.messages.models import Message, SenderSide, ThreadStatus
-from loops.models import PatientNotice
+from loops.models import Evaluation, PatientNotice
 from loops.visits import service as visits
 from loops.visits.models import VisitKind, VisitStatus
+from mlops import lifecycle, registry, retrain, rollout, serving, snapshots
+from mlops.canary import Thresholds
+from mlops.models import (
+    ModelStatus,
+    ModelVersion,
+    PrivacySpend,
+    Rollout,
+    RolloutStatus,
+    ShadowPrediction,
+    SignoffRole,
+    SnapshotStatus,
+    TrainingSnapshot,
+)
 from tests.conftest import PG_ENV
+from tests.mlops.rollout_setup import titration_model
+from validation import gates, scheduler
+from validation import jobs as job_bodies
 from validation import service as jobs
-from validation.models import DriftReport, JobRun, JobStatus
+from validation.models import DriftReport, GateResult, JobRun, JobStatus
 
 pytestmark = pytest.mark.postgres
 
@@ -370,6 +391,304 @@ def test_patient_clinician_loop_when_run_as_app_role_writes(
         engine.dispose()
 
 
+DEMO_PASSWORD = "grants-demo-password"
+# Gates loosened to what a hand-made challenger on a tiny holdout can pass; the safety gates
+# keep their rules. Set by model_copy: validation.gates reads them with getattr.
+LOOSE_GATES = {
+    "gate_nll_margin": 1.0,
+    "gate_accuracy_margin": 1.0,
+    "gate_max_ece": 1.0,
+    "gate_max_subgroup_gap": 1.0,
+}
+# Every step may advance on whatever it scored; latency is never judged (a shared machine).
+ANY_DATA = Thresholds(min_scored=0, min_decided=1, min_proposals=1, min_latency_samples=1000)
+
+
+def _lifecycle_settings(roles: Roles, tmp_path: Path) -> Settings:
+    """Settings for a tiny cohort, with a signing key for the sign-offs."""
+    key_path = tmp_path / "signing.pem"
+    keys.create_signing_key(key_path)
+    settings = _settings(roles, tmp_path).model_copy(
+        update={
+            "signing_key_path": key_path,
+            "training_min_rows": 12,
+            "training_min_patients": 12,
+        }
+    )
+    return settings.model_copy(update=LOOSE_GATES)
+
+
+def _high_readings(session: Session, patient_ids: list[str], now: datetime) -> None:
+    """A week of validated-cuff readings at 160/95, twice a day, for each patient."""
+    for pid in patient_ids:
+        device, _ = devices.register(
+            session, patient_id=pid, device_class=DeviceClass.VALIDATED_CUFF
+        )
+        batch = IngestBatch(
+            device_id=device.id,
+            patient_id=pid,
+            received_at=now,
+            content_type="x",
+            source_format="fhir",
+            body_sha256="0" * 64,
+            body_bytes=0,
+            entries=14,
+        )
+        session.add(batch)
+        session.flush()
+        for d in range(7):
+            for h in (2, 12):
+                t = now - timedelta(days=d, hours=h)
+                session.add(
+                    Reading(
+                        patient_id=pid,
+                        device_id=device.id,
+                        batch_id=batch.id or 0,
+                        device_class=DeviceClass.VALIDATED_CUFF,
+                        kind="blood_pressure",
+                        code="85354-9",
+                        effective_start=t,
+                        effective_precision="second",
+                        effective_raw=t.isoformat(),
+                        systolic=160.0,
+                        diastolic=95.0,
+                        unit="mm[Hg]",
+                        status="accepted",
+                        quarantine_reasons=[],
+                        source_format="fhir",
+                        payload_sha256="0" * 64,
+                        received_at=t,
+                        natural_key=f"{device.id}-{d}-{h}",
+                    )
+                )
+
+
+def _register_hand_model(
+    session: Session,
+    directory: Path,
+    *,
+    push: float,
+    status: ModelStatus,
+    data_hash: str,
+    now: datetime,
+) -> ModelVersion:
+    """A hand-made SBP-only model (tests/mlops/rollout_setup.py), saved and registered."""
+    model = titration_model(push)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"hand-{status}.json"
+    sha = model.save(path)
+    return registry.register(
+        session,
+        name=registry.TITRATION,
+        artifact_path=path,
+        artifact_sha256=sha,
+        data_hash=data_hash,
+        feature_names=model.feature_names,
+        params={},
+        metrics={},
+        privacy={},
+        created_by="test",
+        status=status,
+        now=now,
+    )
+
+
+def _status(session: Session, version: int) -> str:
+    return lifecycle.get_version(session, name=registry.TITRATION, version=version).status
+
+
+def test_model_lifecycle_when_run_as_app_role_writes(
+    roles: Roles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLINAIOPS_DEMO_PASSWORD", DEMO_PASSWORD)
+    settings = _lifecycle_settings(roles, tmp_path)
+    engine = make_engine(roles.app_url)
+    factory = session_factory(engine)
+    t0 = clock.utcnow().replace(microsecond=0)
+    name = registry.TITRATION
+    try:
+        with factory() as s:
+            seed_demo(s, settings=settings, n_patients=4)
+            s.flush()
+            patient_ids = [
+                u.patient_id
+                for u in s.scalars(select(User).where(col(User.role) == Role.PATIENT))
+                if u.patient_id is not None
+            ]
+            _high_readings(s, patient_ids, t0)
+            # The champion, registered in production: its first history row and its alias.
+            _register_hand_model(
+                s,
+                tmp_path / "models",
+                push=2.0,
+                status=ModelStatus.PRODUCTION,
+                data_hash="0" * 64,
+                now=t0,
+            )
+            s.commit()
+        with factory() as s:
+            # A retraining run on a tiny simulated cohort: the snapshot (invalid under the
+            # default minimum sizes, and kept so: snapshots are never updated), checked again
+            # by the run under the tiny ones, a DP candidate, its ledger entry.
+            snap = snapshots.build_simulated(
+                session=s, now=t0, actor="test", data_dir=tmp_path, n_patients=24, days=35, seed=5
+            )
+            assert snap.status == SnapshotStatus.INVALID
+            s.commit()
+            snapshot_id, content_hash = snap.id, snap.content_hash
+            with pytest.warns(UserWarning, match="Secure RNG turned off"):
+                trained = retrain.retrain(
+                    session=s,
+                    settings=settings,
+                    now=t0,
+                    actor="user:mlops1",
+                    cohort="simulated",
+                    snapshot=snap,
+                    config=retrain.RetrainConfig(epochs=2, batch_size=16),
+                )
+            s.commit()
+            candidate = trained.version.version
+            # The gates on it; whether this tiny DP model passes does not matter here.
+            run = gates.run_gates(
+                session=s,
+                name=name,
+                version=candidate,
+                actor="user:mlops1",
+                now=t0,
+                data_dir=tmp_path,
+                settings=settings,
+            )
+            assert len(run.results) == len(lifecycle.REQUIRED_GATES)
+            s.commit()
+            # The challenger: the champion's model again (non-inferior by construction), scored
+            # on the snapshot's holdout.
+            challenger = _register_hand_model(
+                s,
+                tmp_path / "models",
+                push=2.0,
+                status=ModelStatus.CANDIDATE,
+                data_hash=content_hash,
+                now=t0,
+            ).version
+            s.commit()
+        # The scheduler fires its model validation job: the run claims its period in job_runs
+        # (a lease, renewed by a heartbeat while the job runs) and gates the challenger, the
+        # only candidate without a gate run; the run's end is recorded with its work. The job
+        # is the registry's body on an hourly grid with a short lease.
+        job = job_bodies.Job(
+            "model_validation",
+            "test",
+            job_bodies.Schedule.interval(3600),
+            timedelta(seconds=3),
+            job_bodies.model_validation,
+        )
+        fired = scheduler.fire(factory, job, settings, "grants-test")
+        assert fired is not None
+        assert fired.status == scheduler.SUCCEEDED, fired
+        assert fired.details["validated"] == [f"{name}:v{challenger}"], fired.details
+        # From here on a fixed clock after the job's own (real) time.
+        t1 = clock.utcnow().replace(microsecond=0) + timedelta(seconds=1)
+
+        def at(seconds: float) -> datetime:
+            return t1 + timedelta(seconds=seconds)
+
+        with factory() as s:
+            for username, role in (
+                ("mlops1", SignoffRole.ML_ENGINEER),
+                ("clinician1", SignoffRole.CLINICAL_LEAD),
+            ):
+                lifecycle.signoff(
+                    session=s,
+                    name=name,
+                    version=challenger,
+                    signer=_user(s, username),
+                    role=role,
+                    meaning=lifecycle.SIGNOFF_MEANINGS[role],
+                    note="",
+                    now=at(1),
+                    password=DEMO_PASSWORD,
+                    settings=settings,
+                )
+            s.commit()
+        with factory() as s:
+            started = rollout.start(
+                session=s,
+                name=name,
+                version=challenger,
+                actor="user:mlops1",
+                now=at(2),
+                dwell=timedelta(seconds=1),
+            )
+            s.commit()
+            rollout_id = started.id
+        with factory() as s:
+            # Shadow: the challenger scores beside the champion, logged.
+            evaluate_many(
+                s,
+                patient_ids=patient_ids,
+                trigger="daily",
+                now=at(3),
+                predictor=serving.production(s),
+            )
+            s.commit()
+            shadows = s.scalars(select(ShadowPrediction)).all()
+            assert len(shadows) == len(patient_ids)
+            assert all(p.evaluation_id is not None and p.error is None for p in shadows)
+        percents = []
+        for k in range(5):
+            with factory() as s:
+                if k == 2:
+                    # Canary at 25%: the patients of the slice are served by the challenger.
+                    evaluate_many(
+                        s,
+                        patient_ids=patient_ids,
+                        trigger="daily",
+                        now=at(5 + 2 * k),
+                        predictor=serving.production(s),
+                    )
+                (step,) = rollout.tick(session=s, now=at(6 + 2 * k), thresholds=ANY_DATA)
+                s.commit()
+                assert step.decision in {"advance", "complete"}, step.reasons
+                found = s.get(Rollout, rollout_id)
+                assert found is not None
+                percents.append((found.status, found.percent))
+        assert percents == [
+            (RolloutStatus.CANARY, 10),
+            (RolloutStatus.CANARY, 25),
+            (RolloutStatus.CANARY, 50),
+            (RolloutStatus.CANARY, 100),
+            (RolloutStatus.COMPLETED, 100),
+        ]
+        with factory() as s:
+            assert _status(s, challenger) == ModelStatus.PRODUCTION
+            assert _status(s, 1) == ModelStatus.RETIRED
+            assert lifecycle.aliases(s, name=name) == {lifecycle.CHAMPION: challenger}
+            back = rollout.rollback(
+                session=s, name=name, actor="user:mlops1", reason="grants check", now=at(20)
+            )
+            s.commit()
+            assert (back.retired, back.serving) == (challenger, 1)
+        with factory() as s:
+            assert _status(s, 1) == ModelStatus.PRODUCTION
+            assert _status(s, challenger) == ModelStatus.RETIRED
+            assert lifecycle.aliases(s, name=name) == {lifecycle.CHAMPION: 1}
+            assert len(rollout.steps(s, rollout_id=rollout_id or 0)) == 5
+            assert len(s.scalars(select(PrivacySpend)).all()) == 1
+            assert len(s.scalars(select(GateResult)).all()) == 2 * len(lifecycle.REQUIRED_GATES)
+            assert s.scalars(select(col(JobRun.status))).all() == [JobStatus.SUCCEEDED]
+            labels = {f"{name}:v1", f"{name}:v{challenger}"}
+            served = s.scalars(
+                select(col(Evaluation.model_version)).where(col(Evaluation.created_at) == at(9))
+            ).all()
+            assert len(served) == len(patient_ids)
+            assert set(served) <= labels
+            stored = s.get(TrainingSnapshot, snapshot_id)
+            assert stored is not None
+            assert stored.status == SnapshotStatus.INVALID
+    finally:
+        engine.dispose()
+
+
 REFUSED = [
     ("UPDATE care_plan_versions SET note = 'edited'", "permission denied"),
     ("DELETE FROM care_plan_versions", "permission denied"),
@@ -382,6 +701,39 @@ REFUSED = [
     ("DELETE FROM visits", "permission denied"),
     ("SELECT id FROM patients FOR UPDATE", "permission denied"),
     ("ALTER TABLE care_plan_versions DISABLE TRIGGER care_plan_versions_append_only", "owner"),
+    # The model lifecycle's record is append-only; a version's artifact, data, metrics and
+    # privacy record, a snapshot, a rollout's versions and salt, and its evidence stay as
+    # written; runs and drift reports are not deleted.
+    ("UPDATE privacy_ledger SET epsilon = 0", "permission denied for table privacy_ledger"),
+    ("DELETE FROM privacy_ledger", "permission denied for table privacy_ledger"),
+    ("TRUNCATE privacy_ledger", "permission denied for table privacy_ledger"),
+    ("UPDATE model_transitions SET reason = 'edited'", "permission denied for table model_"),
+    ("DELETE FROM model_transitions", "permission denied for table model_transitions"),
+    ("UPDATE model_signoffs SET meaning = 'edited'", "permission denied for table model_signoffs"),
+    ("DELETE FROM model_signoffs", "permission denied for table model_signoffs"),
+    ("UPDATE gate_results SET passed = true", "permission denied for table gate_results"),
+    ("DELETE FROM gate_results", "permission denied for table gate_results"),
+    (
+        "UPDATE model_versions SET artifact_sha256 = ''",
+        "permission denied for table model_versions",
+    ),
+    ("UPDATE model_versions SET artifact_path = ''", "permission denied for table model_versions"),
+    ("UPDATE model_versions SET data_hash = ''", "permission denied for table model_versions"),
+    ("UPDATE model_versions SET metrics = '{}'", "permission denied for table model_versions"),
+    ("UPDATE model_versions SET privacy = '{}'", "permission denied for table model_versions"),
+    ("DELETE FROM model_versions", "permission denied for table model_versions"),
+    ("UPDATE training_snapshots SET status = 'valid'", "permission denied for table training_"),
+    ("DELETE FROM training_snapshots", "permission denied for table training_snapshots"),
+    ("UPDATE rollouts SET challenger_version = 1", "permission denied for table rollouts"),
+    ("UPDATE rollouts SET salt = ''", "permission denied for table rollouts"),
+    ("DELETE FROM rollouts", "permission denied for table rollouts"),
+    ("UPDATE rollout_steps SET decision = 'advance'", "permission denied for table rollout_steps"),
+    ("DELETE FROM shadow_predictions", "permission denied for table shadow_predictions"),
+    ("DELETE FROM job_runs", "permission denied for table job_runs"),
+    ("UPDATE drift_reports SET status = 'ok'", "permission denied for table drift_reports"),
+    ("DELETE FROM drift_reports", "permission denied for table drift_reports"),
+    ("ALTER TABLE privacy_ledger DISABLE TRIGGER privacy_ledger_append_only", "owner"),
+    ("DROP TRIGGER model_signoffs_append_only ON model_signoffs", "owner"),
 ]
 
 
@@ -409,7 +761,18 @@ def test_forbidden_writes_when_tried_by_app_role_are_refused(
             with pytest.raises(DBAPIError, match="permission denied for table messages"):
                 s.flush()
         with factory() as s:
+            # A model version's metrics and artifact hash through the ORM: refused as well.
+            version = _register_hand_model(
+                s, tmp_path, push=2.0, status=ModelStatus.PRODUCTION, data_hash="0" * 64, now=now
+            )
+            s.commit()
+            version.metrics = {"accuracy": 1.0}
+            version.artifact_sha256 = "0" * 64
+            with pytest.raises(DBAPIError, match="permission denied for table model_versions"):
+                s.flush()
+        with factory() as s:
             assert s.scalar(select(col(CarePlanVersion.note)).limit(1)) == ""
+            assert s.scalars(select(col(ModelVersion.metrics))).all() == [{}]
             assert "edited" not in s.scalars(select(col(Message.body))).all()
     finally:
         engine.dispose()
