@@ -314,6 +314,101 @@ CELLS = [
         "/api/v1/monitoring/drift-reports/999999/html",
         _all(403, anon=401, mleng=404),
     ),
+    # Model lifecycle (issue 7): ML engineers train, validate, roll out and roll back;
+    # clinicians read and may sign off (the service admits only a clinical lead); auditors
+    # read. The privacy ledger and training snapshots: ML engineers and auditors. Scheduled
+    # jobs: ML engineers, admins and auditors list them; ML engineers and admins run one.
+    Cell(
+        "models",
+        "GET",
+        "/api/v1/models",
+        _all(403, anon=401, mleng=200, clina=200, clinb=200, auditor=200),
+    ),
+    Cell(
+        "model-version-unknown",
+        "GET",
+        "/api/v1/models/titration/versions/999999",
+        _all(403, anon=401, mleng=404, clina=404, clinb=404, auditor=404),
+    ),
+    Cell(
+        "model-history-unknown",
+        "GET",
+        "/api/v1/models/titration/history",
+        _all(403, anon=401, mleng=404, clina=404, clinb=404, auditor=404),
+    ),
+    Cell(
+        "model-validate-unknown",
+        "POST",
+        "/api/v1/models/titration/versions/999999/validate",
+        _all(403, anon=401, mleng=404),
+    ),
+    Cell(
+        "model-signoff",
+        "POST",
+        "/api/v1/models/titration/versions/999999/signoffs",
+        _all(403, anon=401, mleng=422, clina=422, clinb=422),  # granted; no body sent
+    ),
+    Cell(
+        "model-rollout-unknown",
+        "GET",
+        "/api/v1/models/titration/rollout",
+        _all(403, anon=401, mleng=404, clina=404, clinb=404, auditor=404),
+    ),
+    Cell(
+        "model-rollout-start-unknown",
+        "POST",
+        "/api/v1/models/titration/versions/999999/rollout",
+        _all(403, anon=401, mleng=404),
+    ),
+    Cell(
+        "model-rollback",
+        "POST",
+        "/api/v1/models/titration/rollback",
+        _all(403, anon=401, mleng=422),  # granted; no body sent
+    ),
+    Cell(
+        "model-train",
+        "POST",
+        "/api/v1/models/train",
+        _all(403, anon=401, mleng=422),  # granted; no body sent
+    ),
+    Cell(
+        "privacy-ledger",
+        "GET",
+        "/api/v1/privacy-ledger",
+        _all(403, anon=401, mleng=200, auditor=200),
+    ),
+    Cell(
+        "training-snapshots",
+        "GET",
+        "/api/v1/training-snapshots",
+        _all(403, anon=401, mleng=200, auditor=200),
+    ),
+    Cell(
+        "training-snapshot-unknown",
+        "GET",
+        "/api/v1/training-snapshots/999999",
+        _all(403, anon=401, mleng=404, auditor=404),
+    ),
+    Cell("jobs", "GET", "/api/v1/jobs", _all(403, anon=401, mleng=200, admin=200, auditor=200)),
+    Cell(
+        "job-runs",
+        "GET",
+        "/api/v1/jobs/daily_evaluation/runs",
+        _all(403, anon=401, mleng=200, admin=200, auditor=200),
+    ),
+    Cell(
+        "job-runs-unknown",
+        "GET",
+        "/api/v1/jobs/no_such_job/runs",
+        _all(403, anon=401, mleng=404, admin=404, auditor=404),
+    ),
+    Cell(
+        "job-run-unknown",
+        "POST",
+        "/api/v1/jobs/no_such_job/run",
+        _all(403, anon=401, mleng=404, admin=404),
+    ),
     # Clinician review portal: HTML pages. Signed out, a page sends the browser to sign in
     # (303); a refusal is an HTML page with the policy's status (403, or 404 outside the care
     # team as for an unknown id). Bearer callers are not asked for a CSRF token, so the
