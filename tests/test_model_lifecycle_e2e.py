@@ -84,6 +84,7 @@ KINDS: dict[str, tuple[tuple[float, float], tuple[float, float], int]] = {
 # of each); latency never (too noisy on a shared machine). The limits are the defaults.
 SMALL = Thresholds(min_scored=2, min_decided=2, min_proposals=2, min_latency_samples=10**6)
 RETRAIN_SEED = 20261206
+HORIZON_MINUTES = 40  # how far the clinic's clock moves
 OPERATOR = "cli:operator"
 ROLLOUT = "system:rollout"
 
@@ -106,6 +107,7 @@ class Clinic:
 
     def at(self, minutes: float) -> datetime:
         """Move the frozen clock to `minutes` after the start (never backwards)."""
+        assert minutes <= HORIZON_MINUTES
         when = self.t0 + timedelta(minutes=minutes)
         assert when >= self.clock.now
         self.clock.now = when
@@ -155,8 +157,9 @@ class Clinic:
 
     def _history(self, patient_id: str, sbp: float, dbp: float, rng: random.Random) -> None:
         """Cuff readings at 07:00 and 19:00 UTC and a dose taken at 08:00 on each of the 14
-        days before today: the feature windows (local days) hold the same rows whatever the
-        hour the test runs."""
+        days before the day the clinic's clock ends on: the feature windows (local days)
+        hold the same rows whatever the hour the test runs, and are still full if the
+        clock passes midnight."""
         s = self.world.session
         cuff, _ = devices.register(
             s, patient_id=patient_id, device_class=DeviceClass.VALIDATED_CUFF
@@ -177,7 +180,8 @@ class Clinic:
             s.add(batch)
             s.flush()
             batches[device.id] = batch.id or 0
-        today = datetime.combine(self.t0.date(), time(), tzinfo=self.t0.tzinfo)
+        last = self.t0 + timedelta(minutes=HORIZON_MINUTES)
+        today = datetime.combine(last.date(), time(), tzinfo=self.t0.tzinfo)
         for day in range(1, 15):
             for hour in (7, 19):
                 t = today - timedelta(days=day) + timedelta(hours=hour)
@@ -482,9 +486,11 @@ class Story:
     monkeypatch: pytest.MonkeyPatch
 
     def as_(self, who: str) -> dict[str, str]:
+        """The person's authorization header."""
         return self.headers[who]
 
     def user(self, who: str) -> str:
+        """How the audit trail names the person."""
         return f"user:{self.clinic.world.users[who].id}"
 
 
