@@ -1039,6 +1039,11 @@ ledger_cli = typer.Typer(
     help="The privacy ledger: each cohort's budget and what training spent.", no_args_is_help=True
 )
 cli.add_typer(ledger_cli, name="ledger")
+drift_cli = typer.Typer(
+    help="Drift reports: what the monitoring runs found (run one: jobs run drift_report).",
+    no_args_is_help=True,
+)
+cli.add_typer(drift_cli, name="drift")
 
 
 @models_cli.command("train")
@@ -1162,6 +1167,57 @@ def ledger_show(
                 }
             )
     typer.echo(json.dumps({"composition": ledger.COMPOSITION, "cohorts": out}))
+
+
+def _drift_row(report: Any) -> dict[str, Any]:
+    return {
+        "id": report.id,
+        "created_at": str(report.created_at),
+        "created_by": report.created_by,
+        "window": [str(report.window_start), str(report.window_end)],
+        "status": report.status,
+        "headline": report.headline,
+        "model_version": report.model_version,
+        "reference": report.reference,
+        "feature_set": report.feature_set,
+        "rows": {"reference": report.reference_rows, "current": report.current_rows},
+        "drifted_features": report.drifted_features,
+    }
+
+
+@drift_cli.command("list")
+def drift_list(
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 20,
+) -> None:
+    """The newest drift reports: window, status, headline, how many features moved."""
+    from validation.models import DriftReport
+
+    with session_scope(readonly=True) as session:
+        rows = session.scalars(
+            select(DriftReport).order_by(col(DriftReport.id).desc()).limit(limit)
+        ).all()
+        typer.echo(json.dumps([_drift_row(r) for r in rows]))
+
+
+@drift_cli.command("show")
+def drift_show(report_id: Annotated[int, typer.Argument(help="The report's id.")]) -> None:
+    """One drift report with its findings (aggregates only) and where its files are."""
+    from validation.models import DriftReport
+
+    with session_scope(readonly=True) as session:
+        report = session.get(DriftReport, report_id)
+        if report is None:
+            raise CliError(f"no drift report with id {report_id}")
+        typer.echo(
+            json.dumps(
+                {
+                    **_drift_row(report),
+                    "summary": report.summary,
+                    "files": {"html": report.html_path, "json": report.json_path},
+                },
+                default=str,
+            )
+        )
 
 
 def main() -> None:
