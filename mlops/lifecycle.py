@@ -602,7 +602,7 @@ def signoff(
     meaning: str,
     note: str,
     now: datetime,
-    password: str | None = None,
+    password: str,
     settings: Settings | None = None,
 ) -> ModelSignoff:
     """Sign a validated version off for production under an electronic signature.
@@ -611,9 +611,9 @@ def signoff(
     (409 `status_not_validated`), the role not yet signed (409 `already_signed`) and the
     signer not the other signatory (409 `same_signer`), the meaning must be the role's
     (422 `meaning_mismatch`), then the password is checked (403 `signature_invalid`; a wrong
-    one counts toward the sign-in lockout, so the caller commits it). The API and the CLI
-    always pass the password; `None` is for callers that re-authenticated the signer
-    themselves, and the audit entry says which."""
+    one counts toward the sign-in lockout, so the caller commits it). The password is
+    required: a signature is the signer's own act, re-authenticated each time (21 CFR
+    11.200), never one made on their behalf."""
     settings = settings or get_settings()
     try:
         role = SignoffRole(role)
@@ -644,17 +644,16 @@ def signoff(
             f"state the meaning of your signature: {SIGNOFF_MEANINGS[role]}",
             422,
         )
-    if password is not None:
-        result = auth_service.authenticate(
-            session, username=signer.username, password=password, settings=settings
+    result = auth_service.authenticate(
+        session, username=signer.username, password=password, settings=settings
+    )
+    if result.outcome is not auth_service.LoginOutcome.OK or result.user is None:
+        raise SignoffRefused(
+            "signature_invalid",
+            _REFUSALS.get(result.outcome, "refused"),
+            403,
+            result.retry_after,
         )
-        if result.outcome is not auth_service.LoginOutcome.OK or result.user is None:
-            raise SignoffRefused(
-                "signature_invalid",
-                _REFUSALS.get(result.outcome, "refused"),
-                403,
-                result.retry_after,
-            )
     row = ModelSignoff(
         model_name=name,
         version=version,
@@ -682,7 +681,7 @@ def signoff(
             "role": str(role),
             "signoff_id": row.id,
             "record_sha256": row.record_sha256,
-            "reauthenticated": password is not None,
+            "reauthenticated": True,  # always: the password is required
         },
     )
     return row

@@ -125,6 +125,7 @@ def make_ready(world: World, version: ModelVersion, now: datetime) -> None:
             meaning=lifecycle.SIGNOFF_MEANINGS[SignoffRole(role)],
             note="",
             now=now,
+            password=PASSWORD,
             settings=world.settings,
         )
     s.commit()
