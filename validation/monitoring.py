@@ -138,6 +138,12 @@ def _plan(
     skipped: dict[str, str] = {}
     for name in columns:
         cur, ref = current[name].dropna(), reference[name].dropna()
+        labels = not pd.api.types.is_numeric_dtype(current[name])
+        if labels != (not pd.api.types.is_numeric_dtype(reference[name])):
+            # Numbers on one side and text on the other cannot be compared; Evidently
+            # would fail on the text (or test the numbers as categories).
+            skipped[name] = "dtype_mismatch"
+            continue
         if len(cur) < min_values or len(ref) < min_values:
             skipped[name] = "too_few_values"
             continue
@@ -145,13 +151,23 @@ def _plan(
         if distinct < 2:
             skipped[name] = "constant"
             continue
-        choices[name] = drift.choose_test(
+        choice = drift.choose_test(
             n_reference=len(ref),
             n_current=len(cur),
             distinct=int(distinct),
             alpha=alpha,
             thresholds=thresholds,
         )
+        if labels and not choice.categorical:
+            # Text labels (the predicted action) have no order: K-S and Wasserstein are
+            # numerical, and Evidently raises a TypeError on a text column declared
+            # numerical. Labels get its categorical tests.
+            choice = (
+                TestChoice(Stattest.JENSEN_SHANNON, thresholds.jensen_shannon, True)
+                if choice.method == Stattest.WASSERSTEIN
+                else TestChoice(Stattest.CHI_SQUARE, alpha, True)
+            )
+        choices[name] = choice
     return _Plan(choices, skipped, len(current), len(reference))
 
 
@@ -438,7 +454,7 @@ def _explain_away(
                         c.column: TestChoice(
                             c.method,
                             c.threshold,
-                            c.method == Stattest.Z or c.method == Stattest.JENSEN_SHANNON,
+                            c.method in (Stattest.Z, Stattest.CHI_SQUARE, Stattest.JENSEN_SHANNON),
                         )
                         for c in candidate.columns
                     },

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi import FastAPI
@@ -532,3 +533,33 @@ def test_reference_frame_when_model_retrained_on_snapshot_reads_the_snapshot(
         monitoring.reference_frame(
             version, cache_dir=tmp_path / "other", session=world.session, data_dir=tmp_path
         )
+
+
+class _ThreeActions:
+    """A stand-in model whose predicted action cycles through decrease, hold and increase."""
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return np.array([np.roll([0.6, 0.3, 0.1], i % 3) for i in range(len(x))])
+
+
+def test_analyse_when_predicted_action_has_three_labels_tests_it_as_categorical(
+    world: World, store: Callable[..., Stored], reference: pd.DataFrame
+) -> None:
+    # The stored window carries device_firmware "1.0" (text) that the reference lacks, and
+    # the predicted action takes three text values: a small sample of three values used to
+    # get K-S, declared numerical, and Evidently raised a TypeError on the text.
+    _, _, when = store(40, seed=5)
+    window = monitoring.current_frame(world.session, start=when - timedelta(days=7), end=when)
+    current = monitoring.with_predictions(window.frame, _ThreeActions())
+    ref = monitoring.with_predictions(reference, _ThreeActions())
+    assert "device_firmware" in current
+    assert "device_firmware" not in ref
+    assert set(current["predicted_action"]) == {"decrease", "hold", "increase"}
+    ref["p_increase"] = ref["p_increase"].astype(str)  # a column whose dtype differs
+    analysis = monitoring.analyse(current, ref, html=False)
+    by_column = {c.column: c for c in analysis.predictions}
+    assert by_column["predicted_action"].method == "chisquare"
+    assert 0.0 <= by_column["predicted_action"].score <= 1.0
+    assert "p_decrease" in by_column
+    assert analysis.skipped["p_increase"] == "dtype_mismatch"
+    assert "device_firmware" not in str(analysis.evidently)
