@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -438,6 +438,57 @@ def withdraw_goal(
             reason=f"Goal withdrawn: {plain.KIND_LABELS[GoalKind(goal.kind)].lower()}",
         )
     return GoalChange(goal, None, plan)
+
+
+GoalAct = Literal["agree", "decline", "withdraw"]
+
+
+def act_on_goal(
+    session: Session,
+    *,
+    act: GoalAct,
+    goal_id: str,
+    patient_id: str,
+    side: Side,
+    user_id: int,
+    reason: str,
+    now: datetime,
+    actor: str,
+    actor_role: str,
+) -> GoalChange:
+    """Agree to, decline or withdraw a goal: the one entry point of the API and the portal."""
+    if act == "agree":
+        return agree_goal(
+            session,
+            goal_id=goal_id,
+            patient_id=patient_id,
+            side=side,
+            user_id=user_id,
+            now=now,
+            actor=actor,
+            actor_role=actor_role,
+        )
+    if act == "decline":
+        return decline_goal(
+            session,
+            goal_id=goal_id,
+            patient_id=patient_id,
+            side=side,
+            user_id=user_id,
+            reason=reason,
+            now=now,
+        )
+    return withdraw_goal(
+        session,
+        goal_id=goal_id,
+        patient_id=patient_id,
+        side=side,
+        user_id=user_id,
+        reason=reason,
+        now=now,
+        actor=actor,
+        actor_role=actor_role,
+    )
 
 
 def log_goal(

@@ -283,39 +283,18 @@ def _act(
     user_id = int(access.principal.id)
     access.entry.resource_type, access.entry.resource_id = "goal", goal_id
     try:
-        if act == "agree":
-            change = service.agree_goal(
-                session,
-                goal_id=goal_id,
-                patient_id=patient_id,
-                side=side,
-                user_id=user_id,
-                now=now,
-                actor=access.principal.actor,
-                actor_role=access.principal.role,
-            )
-        elif act == "decline":
-            change = service.decline_goal(
-                session,
-                goal_id=goal_id,
-                patient_id=patient_id,
-                side=side,
-                user_id=user_id,
-                reason=reason,
-                now=now,
-            )
-        else:
-            change = service.withdraw_goal(
-                session,
-                goal_id=goal_id,
-                patient_id=patient_id,
-                side=side,
-                user_id=user_id,
-                reason=reason,
-                now=now,
-                actor=access.principal.actor,
-                actor_role=access.principal.role,
-            )
+        change = service.act_on_goal(
+            session,
+            act=act,
+            goal_id=goal_id,
+            patient_id=patient_id,
+            side=side,
+            user_id=user_id,
+            reason=reason,
+            now=now,
+            actor=access.principal.actor,
+            actor_role=access.principal.role,
+        )
     except service.CareError as exc:
         raise _problem(exc) from exc
     access.entry.details = {
