@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from fastapi import FastAPI
@@ -37,6 +37,9 @@ from device_ingest import service as devices
 from device_ingest.models import DeviceClass
 from policies.scopes import ROLE_SCOPES
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
 PG_ENV = "CLINAIOPS_TEST_DATABASE_URL"
 PASSWORD = "correct-horse-battery"
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +55,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.db)
         if item.get_closest_marker("postgres") and not pg:
             item.add_marker(pytest.mark.skip(reason=f"needs PostgreSQL: set {PG_ENV}"))
+
+
+# Debian's Chromium: the browser tests drive it with Playwright (whose own builds are unused).
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium for one test module's browser tests; closed at the module's end."""
+    from playwright.sync_api import sync_playwright  # late: only browser tests need it
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 def is_postgres() -> bool:
