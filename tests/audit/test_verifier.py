@@ -14,11 +14,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit import merkle
-from audit.canonical import entry_leaf_hash, sth_signing_bytes
+from audit.canonical import canonical_json, entry_leaf_hash, sth_signing_bytes
 from audit.verifier import (
     SignedTreeHead,
     VerifyResult,
     log_id_for,
+    parse_seq_spec,
     sign_sth,
     verify_entries,
     verify_export,
@@ -431,3 +432,90 @@ def test_verify_export_when_emptied_fails(tmp_path: Path) -> None:
     result = verifier.verify_export([], sth, public_key_pem(key))
     assert not result.ok
     assert "no entries" in (result.reason or "")
+
+
+def test_verify_export_names_line_and_check_of_a_changed_entry(log: SignedLog) -> None:
+    lines = log.lines(SUBSET, with_proof=True)
+    at = SUBSET.index(33)
+    lines[at] = lines[at].replace("dr.ng", "dr.nh")
+    result = log.verify(lines)
+    assert (result.first_bad_seq, result.line, result.check) == (33, at + 1, "leaf-hash")
+
+
+def test_verify_export_names_line_of_an_unparseable_line(log: SignedLog) -> None:
+    lines = log.lines()
+    lines[4] = lines[4][:-10] + "\n"
+    result = log.verify(lines)
+    assert (result.first_bad_seq, result.line, result.check) == (None, 5, "format")
+
+
+def test_verify_export_strict_refuses_non_canonical_spacing(log: SignedLog) -> None:
+    # The fixture's lines use json.dumps' default ", " and ": " separators.
+    result = verify_export(log.lines(), log.sth, log.pem, strict=True)
+    assert (result.ok, result.line, result.check) == (False, 1, "canonical")
+    assert "first difference at byte 10 of the line" in (result.reason or "")
+
+
+def test_verify_export_strict_accepts_canonical_lines(log: SignedLog) -> None:
+    lines = [canonical_json(json.loads(line)).decode() + "\n" for line in log.lines()]
+    assert verify_export(lines, log.sth, log.pem, strict=True).ok
+    lines[3] = lines[3][:-1] + "\r\n"
+    result = verify_export(lines, log.sth, log.pem, strict=True)
+    assert (result.ok, result.first_bad_seq, result.line) == (False, 4, 4)
+
+
+def test_verify_export_expected_seqs_find_a_dropped_proven_line(log: SignedLog) -> None:
+    lines = log.lines(SUBSET, with_proof=True)
+    del lines[3]  # seq 13
+    assert log.verify(lines).ok  # every remaining line is proven on its own
+    result = verify_export(lines, log.sth, log.pem, expected_seqs=parse_seq_spec("10-19,33,41,50"))
+    assert (result.ok, result.first_bad_seq, result.line, result.check) == (
+        False,
+        13,
+        4,
+        "expected-seqs",
+    )
+
+
+def test_verify_export_expected_seqs_refuse_an_extra_line(log: SignedLog) -> None:
+    result = verify_export(
+        log.lines(SUBSET, with_proof=True), log.sth, log.pem, expected_seqs=[(10, 19), (33, 33)]
+    )
+    assert (result.ok, result.first_bad_seq, result.line) == (False, 41, 12)
+    assert "not expected" in (result.reason or "")
+
+
+@pytest.mark.parametrize(
+    ("spec", "ranges"),
+    [("1", [(1, 1)]), ("1-5,9,12-14", [(1, 5), (9, 9), (12, 14)]), (" 3-4\n", [(3, 4)])],
+)
+def test_parse_seq_spec_reads_ranges(spec: str, ranges: list[tuple[int, int]]) -> None:
+    assert parse_seq_spec(spec) == ranges
+
+
+@pytest.mark.parametrize("spec", ["", "0", "5-3", "1-3,2", "a", "1-", "-2", "2,1"])
+def test_parse_seq_spec_refuses_bad_specs(spec: str) -> None:
+    with pytest.raises(ValueError, match="seq"):
+        parse_seq_spec(spec)
+
+
+def test_cli_reports_line_and_check_and_reads_expected_seqs_file(
+    log: SignedLog, tmp_path: Path
+) -> None:
+    lines = log.lines(SUBSET, with_proof=True)
+    del lines[3]
+    args = _write_export(tmp_path, lines, log.sth, log.pem)
+    (tmp_path / "seqs.txt").write_text("10-19,33,41,50\n")
+    completed = _run_cli([*args, "--expect-seqs-file", str(tmp_path / "seqs.txt")])
+    assert completed.returncode == 1
+    assert completed.stdout == (
+        "FAIL at seq 13: expected seq 13 is missing: line 4 holds seq 14 (a line was removed, "
+        "or the lines are out of order) [line 4, check: expected-seqs]\n"
+    )
+
+
+def test_cli_exits_two_for_a_bad_expected_seqs_spec(log: SignedLog, tmp_path: Path) -> None:
+    args = _write_export(tmp_path, log.lines(), log.sth, log.pem)
+    completed = _run_cli([*args, "--expect-seqs", "9-1"])
+    assert completed.returncode == 2
+    assert "--expect-seqs" in completed.stderr
