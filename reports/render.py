@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup, escape
 
 from reports.models import Report, ReportFormat, Section, Table
 from reports.pdf import render_pdf
@@ -33,6 +34,13 @@ HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 # A table with more columns than this is "wide": smaller type, and the PDF turns landscape.
 WIDE_COLUMNS = 6
+# Column widths (see _column_widths): a cell's length counts up to this many characters, and
+# a line of a table holds about this many characters (A4 portrait at 7.5 pt; landscape at
+# 6.8 pt for a wide table).
+MAX_COLUMN_WEIGHT = 40
+LINE_CHARS = 120
+SHORT_CELL = 22
+LINE_CHARS_WIDE = 185
 # OWASP's list: what a spreadsheet may read as the start of a formula.
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 MEDIA_TYPES: dict[ReportFormat, str] = {
@@ -42,6 +50,14 @@ MEDIA_TYPES: dict[ReportFormat, str] = {
 }
 _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?%?$")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+# Where a cell may wrap besides spaces: after underscores and slashes (reason codes, paths).
+_AFTER = re.compile(r"([_/])")
+
+
+def _wrappable(value: object) -> Markup:
+    """Escape a cell, then allow a line break after each underscore and slash (`<wbr>`)."""
+    return Markup(_AFTER.sub(r"\1<wbr>", str(escape(value))))  # noqa: S704 - escaped first
+
 
 _env = Environment(
     loader=FileSystemLoader(str(TEMPLATES)),
@@ -50,6 +66,7 @@ _env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+_env.filters["wrappable"] = _wrappable
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,7 @@ class _SectionView:
     table: Table | None
     width: str
     numeric: frozenset[int]
+    widths: tuple[float, ...]
 
 
 def _numeric_columns(table: Table) -> frozenset[int]:
@@ -74,6 +92,33 @@ def _numeric_columns(table: Table) -> frozenset[int]:
     return frozenset(out)
 
 
+def _column_widths(table: Table, *, wide: bool) -> tuple[float, ...]:
+    """Each column's share of the table width (percent), from its content.
+
+    A column needs its heading's longest word (headings are bold) and the length of most of
+    its cells (the 90th percentile, capped). When the needs exceed what a line holds, only
+    columns of long text are shrunk (down to their heading words), so short cells (times,
+    codes) and headings stay whole and long text wraps instead. Tables are laid out fixed
+    with these widths and cells wrap anywhere they must, so a table never runs off the page.
+    """
+    floors, needs = [], []
+    for i, heading in enumerate(table.columns):
+        lengths = sorted(len(row[i]) for row in table.rows)
+        p90 = lengths[int(0.9 * (len(lengths) - 1))] if lengths else 0
+        floor = 1.2 * max((len(w) for w in heading.split()), default=1) + 1
+        need = max(floor, float(min(p90, MAX_COLUMN_WEIGHT)))
+        if need <= SHORT_CELL:  # times and codes are kept whole (digits are wide)
+            floor = need = max(floor, 1.1 * p90 + 1)
+        floors.append(floor)
+        needs.append(need)
+    budget = LINE_CHARS_WIDE if wide else LINE_CHARS
+    extra = sum(needs) - sum(floors)
+    scale = 1.0 if extra <= 0 else max(0.0, min(1.0, (budget - sum(floors)) / extra))
+    widths = [f + (n - f) * scale for f, n in zip(floors, needs, strict=True)]
+    total = sum(widths) or 1.0
+    return tuple(round(100 * w / total, 2) for w in widths)
+
+
 def _view(section: Section) -> _SectionView:
     table = section.table
     wide = table is not None and len(table.columns) > WIDE_COLUMNS
@@ -84,6 +129,7 @@ def _view(section: Section) -> _SectionView:
         table=table,
         width="wide" if wide else "",
         numeric=_numeric_columns(table) if table is not None else frozenset(),
+        widths=_column_widths(table, wide=wide) if table is not None else (),
     )
 
 
