@@ -822,9 +822,14 @@ def models_tick() -> None:
     breach, or hold (the scheduler does this every few minutes)."""
     from app.core import clock
     from mlops import rollout
+    from mlops.canary import Thresholds
 
     with session_scope() as session:
-        done = rollout.tick(session=session, now=clock.utcnow())
+        done = rollout.tick(
+            session=session,
+            now=clock.utcnow(),
+            thresholds=Thresholds.from_settings(_settings()),
+        )
         session.commit()
         for step in done:
             typer.echo(

@@ -84,7 +84,7 @@ class Arm:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When a step may advance, and what counts as a breach (tests pass small counts)."""
+    """When a step may advance, and what counts as a breach (settings `canary_*`)."""
 
     min_scored: int = 20  # challenger evaluations in a step before it may advance
     min_decided: int = 20  # decisions per model before override rates are compared
@@ -95,6 +95,14 @@ class Thresholds:
     min_latency_samples: int = 20  # scoring times per model before latency is compared
     max_latency_ratio: float = 2.0  # challenger p95 / champion p95
     latency_slack_ms: float = 5.0  # a p95 within this of the champion's never breaches
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Thresholds:
+        """The thresholds the settings name (`canary_<field>` for each field)."""
+        return cls(**{name: getattr(settings, f"canary_{name}") for name in _FIELDS})
+
+
+_FIELDS = tuple(Thresholds.__dataclass_fields__)
 
 
 @dataclass(frozen=True)

@@ -237,7 +237,7 @@ def _arm_doc(arm: Arm) -> dict[str, Any]:
 
 
 def analyse(
-    session: Session, *, rollout: Rollout, now: datetime, thresholds: Thresholds | None = None
+    session: Session, *, rollout: Rollout, now: datetime, thresholds: Thresholds
 ) -> StepAnalysis:
     """The live analysis of the rollout's current step (read only; `tick` acts on it)."""
     since = rollout.step_started_at
@@ -255,7 +255,7 @@ def analyse(
         dwell=timedelta(seconds=rollout.dwell_seconds),
         challenger=challenger,
         champion=champion,
-        thresholds=thresholds or Thresholds(),
+        thresholds=thresholds,
         artifact_problem=serving.artifact_problem(version),
     )
     current = lifecycle.champion(session, name=rollout.model_name)
@@ -431,9 +431,7 @@ def _share(part: int, whole: int) -> float | None:
 # ------------------------------------------------------------------ acting on it
 
 
-def tick(
-    *, session: Session, now: datetime, thresholds: Thresholds | None = None
-) -> list[RolloutStep]:
+def tick(*, session: Session, now: datetime, thresholds: Thresholds) -> list[RolloutStep]:
     """One evaluation cycle of every running rollout: analyse its current step, then advance
     it (shadow -> 10 -> 25 -> 50 -> 100%), complete it (the challenger to production), roll
     it back on a breach, or hold. Steps that ended are stored and audited; a hold is

@@ -16,6 +16,7 @@ from app.core.errors import ProblemError
 from audit.models import Outcome
 from mlops import ledger as privacy_ledger
 from mlops import lifecycle, lineage, retrain, rollout, snapshots
+from mlops.canary import Thresholds
 from mlops.models import ModelVersion, Rollout, RolloutStep, SignoffRole, TrainingSnapshot
 from validation import gates
 
@@ -250,10 +251,12 @@ def _step_read(step: RolloutStep) -> RolloutStepRead:
     )
 
 
-def _rollout_read(session: SessionDep, found: Rollout, now: datetime) -> RolloutRead:
+def _rollout_read(
+    session: SessionDep, found: Rollout, now: datetime, thresholds: Thresholds
+) -> RolloutRead:
     current = None
     if found.status in rollout.ACTIVE:
-        live = rollout.analyse(session, rollout=found, now=now)
+        live = rollout.analyse(session, rollout=found, now=now, thresholds=thresholds)
         current = RolloutStepRead(
             id=None,
             stage=found.status,
@@ -317,7 +320,7 @@ def start_rollout(
     except (rollout.RolloutRefused, lifecycle.LifecycleRefused) as exc:
         raise _rollout_refusal(exc) from exc
     access.entry.details = {"rollout_id": started.id, "dwell_seconds": started.dwell_seconds}
-    shown = _rollout_read(session, started, now)
+    shown = _rollout_read(session, started, now, Thresholds.from_settings(settings))
     session.commit()
     return shown
 
@@ -326,6 +329,7 @@ def start_rollout(
 def read_rollout(
     name: _MODEL_NAME,
     session: SessionDep,
+    settings: SettingsDep,
     access: Annotated[Access, require("model", "read")],
 ) -> RolloutRead:
     """The running rollout (else the latest one) with its steps and, while it runs, the live
@@ -334,7 +338,7 @@ def read_rollout(
     found = rollout.latest(session, name=name)
     if found is None:
         raise ProblemError(404, "not_found", "this model has had no rollout")
-    shown = _rollout_read(session, found, clock.utcnow())
+    shown = _rollout_read(session, found, clock.utcnow(), Thresholds.from_settings(settings))
     access.entry.details = {"rollout_id": found.id, "status": found.status}
     session.commit()
     return shown

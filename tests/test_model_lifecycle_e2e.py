@@ -7,18 +7,24 @@ off (a clinician who is not a lead, the lead in the engineer's role and the same
 are refused); its rollout scores in shadow, serves the canary's 10 -> 25 -> 50 -> 100% and
 completes (aliases moved, version 1 retired, both serving intervals in the history). A
 deliberately worse candidate fails its gates, saying which check failed by how much, and
-cannot start a rollout; the privacy ledger refuses an over-budget run; a later candidate that
-clinicians overrule in its canary is rolled back by the next analysis, and the champion
-serves its patients again. The audit trail shows every step in order, with who and why, and
-`clinaiops audit verify` passes.
+cannot start a rollout. The scheduler's retraining job then trains v4 from the rollout's
+decisions and its validation job passes it. v5, v4 with a flaw that neither its holdout nor
+the safety library can show (patients who measured on fewer days get an increase), passes
+the same gates and is signed off; in its canary such patients arrive, the clinician
+overrules v5's needless increases (deciding by the protocol, whichever model proposed), and
+the next firing of the rollout analysis rolls v5 back: the champion serves its patients
+again. The privacy ledger refuses an over-budget run. The audit trail shows every step in
+order, with who and why, and `clinaiops audit verify` passes.
 
 People act through the API (ML engineer, clinical lead, clinician, auditor). The loop's
-evaluations and the rollout analysis run as the scheduler runs them (`evaluate_all` for the
-daily evaluation, `evaluate_many` as for new readings, `rollout.tick`), on a frozen clock the
-test moves. Three knobs make the run deterministic: patient ids come from a seeded generator
-(they decide the holdout split and the canary slices), the retraining's secret seed is fixed,
-and each rollout's salt is chosen so that every canary step serves some of its patients.
-"""
+evaluations run as the loop runs them (`evaluate_all` for the daily evaluation,
+`evaluate_many` as for new readings); retraining, the gates on new candidates and the
+rollout analysis run as firings of the scheduler's jobs (`validation.scheduler.fire`: under
+the job's lease, recorded as job runs, with the canary thresholds of the settings), on a
+frozen clock the test moves. Three knobs make the run deterministic: patient ids come from a
+seeded generator (they decide the holdout split and the canary slices), the retraining's
+secret seed is fixed, and each rollout's salt is chosen so that every canary step serves
+enough of its patients."""
 
 from __future__ import annotations
 
@@ -56,12 +62,12 @@ from loops.flows import evaluate_many
 from loops.models import Evaluation, Proposal, TitrationLadder
 from loops.protocol import PatientState, decide
 from mlops import canary, lifecycle, registry, retrain, rollout, serving
-from mlops.canary import Thresholds
 from mlops.features import FEATURE_NAMES, FEATURE_SET_VERSION
 from mlops.model import Standardizer, TitrationModel, centred, linear_from
-from mlops.models import ModelStatus, ShadowPrediction, SignoffRole
+from mlops.models import ModelStatus, RolloutStep, ShadowPrediction, SignoffRole
 from policies.envelope import EnvelopeRules, TitrationAction
 from tests.conftest import PASSWORD, FrozenClock, World
+from validation import jobs, scheduler
 
 pytestmark = pytest.mark.slow
 
@@ -80,13 +86,12 @@ KINDS: dict[str, tuple[tuple[float, float], tuple[float, float], int]] = {
     "target": ((116.0, 128.0), (70.0, 79.0), 1),
     "low": ((90.0, 96.0), (56.0, 63.0), 2),
 }
-# The canary's analysis judged on the counts a small clinic gives (the defaults wait for 20
-# of each); latency never (too noisy on a shared machine). The limits are the defaults.
-SMALL = Thresholds(min_scored=2, min_decided=2, min_proposals=2, min_latency_samples=10**6)
+MIN_PER_ARM = 4  # the settings' canary_min_* below: a salt must give each arm this many
 RETRAIN_SEED = 20261206
 HORIZON_MINUTES = 40  # how far the clinic's clock moves
 OPERATOR = "cli:operator"
 ROLLOUT = "system:rollout"
+SCHEDULER = "system:scheduler"
 
 
 # ------------------------------------------------------------------ the clinic
@@ -113,21 +118,24 @@ class Clinic:
         self.clock.now = when
         return when
 
-    def enrol(self, n: int) -> list[str]:
+    def enrol(self, n: int, *, skips_a_day: bool = False) -> list[str]:
         """`n` new patients of team A, the kinds in turn, each on the ladder under an
-        envelope that queues every change, with two weeks of home readings and doses."""
+        envelope that queues every change, with two weeks of home readings and doses. With
+        `skips_a_day`, each skipped the cuff four days ago and measured three times on two
+        other days of the week: as many readings (the protocol's data rule still holds), on
+        one day fewer."""
         rng = random.Random(self.enrolled)
         out = []
         with pytest.MonkeyPatch.context() as patch:
             # Ids from the seeded generator: the holdout split and the canary slices hash them.
             patch.setattr(uuid, "uuid4", lambda: next(self.ids))
             for k in range(self.enrolled, self.enrolled + n):
-                out.append(self._enrol_one(k, rng))
+                out.append(self._enrol_one(k, rng, skips_a_day))
         self.enrolled += n
         self.world.session.commit()
         return out
 
-    def _enrol_one(self, k: int, rng: random.Random) -> str:
+    def _enrol_one(self, k: int, rng: random.Random, skips_a_day: bool) -> str:
         s = self.world.session
         kind = list(KINDS)[k % len(KINDS)]
         (sbp_lo, sbp_hi), (dbp_lo, dbp_hi), step = KINDS[kind]
@@ -151,11 +159,14 @@ class Clinic:
             reason="start",
             effective_at=self.t0 - timedelta(days=30),
         )
-        self._history(p.id, rng.uniform(sbp_lo, sbp_hi), rng.uniform(dbp_lo, dbp_hi), rng)
+        sbp, dbp = rng.uniform(sbp_lo, sbp_hi), rng.uniform(dbp_lo, dbp_hi)
+        self._history(p.id, sbp, dbp, rng, skips_a_day)
         self.kinds[p.id] = kind
         return p.id
 
-    def _history(self, patient_id: str, sbp: float, dbp: float, rng: random.Random) -> None:
+    def _history(
+        self, patient_id: str, sbp: float, dbp: float, rng: random.Random, skips_a_day: bool
+    ) -> None:
         """Cuff readings at 07:00 and 19:00 UTC and a dose taken at 08:00 on each of the 14
         days before the day the clinic's clock ends on: the feature windows (local days)
         hold the same rows whatever the hour the test runs, and are still full if the
@@ -182,8 +193,11 @@ class Clinic:
             batches[device.id] = batch.id or 0
         last = self.t0 + timedelta(minutes=HORIZON_MINUTES)
         today = datetime.combine(last.date(), time(), tzinfo=self.t0.tzinfo)
+        hours: dict[int, tuple[int, ...]] = {day: (7, 19) for day in range(1, 15)}
+        if skips_a_day:
+            hours |= {2: (7, 13, 19), 4: (), 5: (7, 13, 19)}
         for day in range(1, 15):
-            for hour in (7, 19):
+            for hour in hours[day]:
                 t = today - timedelta(days=day) + timedelta(hours=hour)
                 s.add(
                     Reading(
@@ -233,14 +247,25 @@ def _ids(seed: int) -> Iterator[uuid.UUID]:
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """A small clinic's settings: 60 rows pass the data checks, retraining is due at 80 new
+    """A small clinic's settings: 60 rows pass the data checks, retraining is due at 60 new
     decisions, and tokens issued at the start outlive the frozen clock's half hour."""
     return settings.model_copy(
         update={
             "training_min_rows": 60,
             "training_min_patients": 60,
-            "retrain_min_new_decisions": 80,
+            "retrain_min_new_decisions": 60,
             "access_token_minutes": 240,
+            # The scheduler's grids: the rollout analysis and the gates every 30 s of the
+            # frozen clock, retraining due from midnight (the clock may start at any hour).
+            "rollout_analysis_seconds": 30,
+            "model_validation_seconds": 30,
+            "retraining_hour_utc": 0,
+            # The canary judged on the counts a small clinic gives (the defaults wait for 20
+            # of each); latency never (too noisy on a shared machine). Limits: the defaults.
+            "canary_min_scored": 4,
+            "canary_min_decided": 4,
+            "canary_min_proposals": 4,
+            "canary_min_latency_samples": 10**6,
         }
     )
 
@@ -424,13 +449,37 @@ def evaluate(clinic: Clinic, ids: Sequence[str], minutes: float) -> dict[str, st
 Step = tuple[str, int, str, list[str]]  # stage, percent, decision, reasons
 
 
+def fire(clinic: Clinic, job: str, minutes: float) -> dict[str, Any]:
+    """One firing of a scheduled job at `minutes`, as the scheduler fires it: under the
+    job's lease, for the period of its grid, recorded as a job run; returns its details."""
+    clinic.at(minutes)
+    settings = clinic.world.settings
+    result = scheduler.fire(
+        session_factory(clinic.engine), jobs.registry(settings)[job], settings, "e2e-scheduler"
+    )
+    assert result is not None
+    assert result.status == scheduler.SUCCEEDED, result
+    return dict(result.details)
+
+
 def tick(clinic: Clinic, minutes: float) -> list[Step]:
-    """One cycle of the rollout analysis (the scheduler's `rollout_analysis` job runs
-    `rollout.tick` so every few minutes)."""
+    """One cycle of the rollout analysis: a firing of the scheduler's `rollout_analysis`
+    job, with the canary thresholds of the settings. Returns the steps it decided (a hold
+    is not stored: it is the same analysis again at the next firing)."""
+    details = fire(clinic, "rollout_analysis", minutes)
     s = clinic.world.session
-    done = rollout.tick(session=s, now=clinic.at(minutes), thresholds=SMALL)
+    ended = s.scalars(
+        select(RolloutStep).where(col(RolloutStep.analysed_at) == clinic.clock.now)
+    ).all()
+    steps: list[Step] = [(d.stage, d.percent, d.decision, list(d.reasons)) for d in ended]
+    held = details["decisions"].get("hold", 0)
+    if held:
+        current = rollout.latest(s, name=NAME)
+        assert current is not None
+        steps += [(str(current.status), current.percent, "hold", [])] * held
     s.commit()
-    return [(d.stage, d.percent, d.decision, list(d.reasons)) for d in done]
+    assert len(steps) == details["rollouts"]
+    return steps
 
 
 def proposing(clinic: Clinic, ids: Sequence[str]) -> list[str]:
@@ -439,17 +488,17 @@ def proposing(clinic: Clinic, ids: Sequence[str]) -> list[str]:
 
 
 def salt_for(clinic: Clinic, rounds: dict[int, list[str]]) -> str:
-    """A salt whose canary slice, at each step, serves at least two of the patients
+    """A salt whose canary slice, at each step, serves at least MIN_PER_ARM of the patients
     evaluated in that step that a sound model proposes for and (below 100%) leaves at least
-    two such patients to the champion, so that both arms' override rates can be judged."""
+    as many such patients to the champion, so that both arms' override rates are judged."""
     for k in range(10_000):
         salt = f"e2e-{k}"
         fits = True
         for percent, ids in rounds.items():
             inside = [p for p in ids if canary.in_slice(salt, p, percent)]
             outside = [p for p in ids if p not in inside]
-            fits &= len(proposing(clinic, inside)) >= 2
-            fits &= percent == 100 or len(proposing(clinic, outside)) >= 2
+            fits &= len(proposing(clinic, inside)) >= MIN_PER_ARM
+            fits &= percent == 100 or len(proposing(clinic, outside)) >= MIN_PER_ARM
         if fits:
             return salt
     raise AssertionError("no salt fits")
@@ -513,7 +562,7 @@ def decisions_accumulate(story: Story) -> None:
     assert worked == {"titration:v1": {"approve": 30, "reject": 15}}
     due = retrain.retrain_due(session=s, now=clinic.at(4), settings=clinic.world.settings)
     s.commit()
-    assert due == "90 new clinician decisions so far (retrain at 80)"
+    assert due == "90 new clinician decisions so far (retrain at 60)"
 
 
 def retraining(story: Story) -> dict[str, Any]:
@@ -718,13 +767,33 @@ def worse_candidate_blocked(story: Story) -> None:
     assert (refused.status_code, refused.json()["code"]) == (409, "status_not_validated")
 
 
-def over_budget_then_v4(story: Story, spent: float) -> dict[str, Any]:
-    """6. With the rollout's decisions to learn from, a run that would pass the privacy
-    budget is refused and spends nothing; one within it trains v4 (parent: the champion v2),
-    which passes its gates and is signed off."""
-    clinic, client = story.clinic, story.client
+def scheduled_v4(story: Story, spent: float) -> dict[str, Any]:
+    """6. With the rollout's decisions to learn from, the scheduler's `retraining` job finds
+    enough new decisions and trains v4 (parent: the champion v2), and its
+    `model_validation` job runs v4's gates, which pass; the two sign-offs follow."""
+    clinic, client, s = story.clinic, story.client, story.clinic.world.session
     mleng = story.as_("mleng")
-    clinic.at(21)
+    trained = fire(clinic, "retraining", 21)
+    assert trained["due"] is True
+    assert (trained["candidate"], trained["parent_version"]) == ("titration:v4", 2)
+    assert trained["spent_epsilon"] == pytest.approx(spent + trained["epsilon"])
+    v4 = client.get(f"{API}/versions/4", headers=mleng).json()
+    assert (v4["status"], v4["created_by"]) == ("candidate", "system:scheduler")
+    assert v4["privacy"]["epsilon"] == pytest.approx(trained["epsilon"])
+    validated = fire(clinic, "model_validation", 21.5)
+    assert validated == {"candidates": 1, "validated": ["titration:v4"], "failed": {}}
+    clinic.at(22)
+    assert sign(client, 4, mleng, "ml_engineer").status_code == 201
+    assert sign(client, 4, story.as_("lead"), "clinical_lead").status_code == 201
+    s.commit()
+    return trained
+
+
+def over_budget_refused(story: Story, spent: float) -> None:
+    """8. With v5's canary decisions to learn from, a run that would pass the privacy
+    budget is refused and spends nothing."""
+    client, mleng = story.client, story.as_("mleng")
+    story.clinic.at(33)
     r = client.post("/api/v1/models/train", json={"target_epsilon": 8.0}, headers=mleng)
     assert (r.status_code, r.json()["code"]) == (422, "privacy_budget_exceeded")
     assert r.json()["detail"].startswith(
@@ -732,59 +801,103 @@ def over_budget_then_v4(story: Story, spent: float) -> dict[str, Any]:
     )
     assert f"above the budget of 10 by {spent - 2:.4g}" in r.json()["detail"]
     ledger = client.get("/api/v1/privacy-ledger", params={"cohort": "clinic"}, headers=mleng)
-    assert ledger.json()["cohorts"][0]["runs"] == 1  # nothing spent
-    clinic.at(22)
-    with pytest.warns(UserWarning, match="Secure RNG turned off"):
-        r = client.post("/api/v1/models/train", json={"target_epsilon": 3.0}, headers=mleng)
-    assert r.status_code == 201, r.text
-    v4: dict[str, Any] = r.json()
-    assert (v4["model"], v4["parent_version"]) == ("titration:v4", 2)
-    assert v4["ledger"]["runs"] == 2
-    assert v4["ledger"]["spent_epsilon"] == pytest.approx(spent + v4["epsilon"])
-    r = client.post(f"{API}/versions/4/validate", headers=mleng)
-    assert r.status_code == 200, r.text
-    assert r.json()["passed"] is True, r.json()["failed"]
-    clinic.at(23)
-    assert sign(client, 4, mleng, "ml_engineer").status_code == 201
-    assert sign(client, 4, story.as_("lead"), "clinical_lead").status_code == 201
-    return v4
+    assert ledger.json()["cohorts"][0]["runs"] == 2  # the refused run spent nothing
 
 
-def canary_rolled_back(story: Story) -> None:
-    """7. v4 goes through shadow; in its canary the clinician overrules its proposals, and
-    the next analysis rolls it back (inside the dwell): the champion v2 serves again."""
+def fewer_days_argue_for_increase(model: TitrationModel, days: float) -> TitrationModel:
+    """The model plus what a model can pick up from confounded data: a patient who measured
+    on fewer than `days` days of the week gets an increase. Every patient of the model's
+    training rows and holdout measured on `days` days, and so does every case of the safety
+    library: there the term is zero, the gates cannot see it, and only live patients can
+    show it."""
+    names = list(model.feature_names)
+    j = names.index("cuff_days_7d")
+    weight, bias = model.weight.copy(), model.bias.copy()
+    centre, scale = model.standardizer.mean[j], model.standardizer.scale[j]
+    # Re-centre the column on `days` with scale 1, keeping the model's own term as it was.
+    bias += weight[:, j] * (days - centre) / scale
+    weight[:, j] /= scale
+    weight[:, j] += (0.0, 0.0, -8.0)  # a day fewer: +8 for an increase
+    mean, scales = list(model.standardizer.mean), list(model.standardizer.scale)
+    mean[j], scales[j] = days, 1.0
+    return TitrationModel(
+        names,
+        Standardizer(tuple(mean), tuple(scales)),
+        linear=linear_from(*centred(weight, bias)),
+        temperature=model.temperature,
+        metadata=dict(model.metadata),
+    )
+
+
+def canary_rolled_back(story: Story) -> str:
+    """7. v5, v4 with a flaw no gate can see (it never shows on the holdout or the safety
+    library), passes the scheduled gates and is signed off; it goes through shadow on
+    patients like those it was validated on; in its canary, patients who skipped a day
+    arrive, v5 proposes increases the protocol does not call for, the clinician (following
+    the protocol, whichever model proposed) overrules them, and the next firing of the
+    rollout analysis rolls v5 back: the champion v2 serves again."""
     clinic, client, s = story.clinic, story.client, story.clinic.world.session
-    later = {0: clinic.enrol(18), 10: clinic.enrol(30)}
+    mleng = story.as_("mleng")
+    v4 = lifecycle.get_version(s, name=NAME, version=4)
+    measured = {p.features["cuff_days_7d"] for p in s.scalars(select(Proposal))}
+    (days,) = measured  # every patient so far measured on the same days of the week
+    flawed = fewer_days_argue_for_increase(
+        TitrationModel.load(Path(v4.artifact_path), v4.artifact_sha256), days
+    )
+    data_hash = v4.data_hash
+    s.commit()
+    register_by_hand(
+        clinic,
+        flawed,
+        "titration-v5.json",
+        status=ModelStatus.CANDIDATE,
+        data_hash=data_hash,  # judged on v4's holdout
+        parent=4,
+    )
+    validated = fire(clinic, "model_validation", 24)
+    assert validated == {"candidates": 1, "validated": ["titration:v5"], "failed": {}}
+    clinic.at(25)
+    assert sign(client, 5, mleng, "ml_engineer").status_code == 201
+    assert sign(client, 5, story.as_("lead"), "clinical_lead").status_code == 201
+
+    later = {0: clinic.enrol(18), 10: clinic.enrol(40, skips_a_day=True)}
     salt = salt_for(clinic, {10: later[10]})
     story.monkeypatch.setattr(rollout, "secrets", SimpleNamespace(token_hex=lambda n: salt))
     clinic.at(30)
-    r = client.post(
-        f"{API}/versions/4/rollout", json={"dwell_minutes": 1}, headers=story.as_("mleng")
-    )
+    r = client.post(f"{API}/versions/5/rollout", json={"dwell_minutes": 1}, headers=mleng)
     assert r.status_code == 201, r.text
     evaluate(clinic, later[0], 30.5)
     work_queue(client, clinic, story.as_("clina"))
     assert tick(clinic, 31.5) == [("shadow", 0, "advance", ["clean at shadow for the dwell"])]
     served = evaluate(clinic, later[10], 31.6)
-    in_slice = sorted(pid for pid, label in served.items() if label == "titration:v4")
-    worked = work_queue(client, clinic, story.as_("clina"), overrule="titration:v4")
-    assert worked["titration:v4"] == {"reject": len(proposing(clinic, in_slice))}
-    assert "reject" not in worked["titration:v2"]
-    (step,) = tick(clinic, 31.8)  # the next cycle, 12 s into the step's minute
+    in_slice = sorted(pid for pid, label in served.items() if label == "titration:v5")
+    worked = work_queue(client, clinic, story.as_("clina"))
+    # v5 proposes for every patient in its slice: what the protocol calls for above target
+    # and when low (approved), and an increase at target, which the clinician rejects; v2
+    # proposes only where the protocol does, and is approved.
+    kinds = [clinic.kinds[pid] for pid in in_slice]
+    at_target = kinds.count("target")
+    assert worked["titration:v5"] == {"approve": len(kinds) - at_target, "reject": at_target}
+    assert set(worked["titration:v2"]) == {"approve"}
+    overridden = at_target / len(kinds)
+    (step,) = tick(clinic, 32.1)  # the next firing, inside the step's minute
     assert step[:3] == ("canary", 10, "rollback")
-    (reason,) = step[3]
-    assert reason == "override_rate 1.0 vs champion 0.0 (limit champion + 0.1)"
+    assert step[3][0] == (
+        f"override_rate {round(overridden, 4)} vs champion 0.0 (limit champion + 0.1)"
+    )
+    reason = "; ".join(step[3])
     ended = client.get(f"{API}/rollout", headers=story.as_("auditor")).json()
     assert (ended["status"], ended["challenger_version"], ended["champion_version"]) == (
         "rolled_back",
-        4,
+        5,
         2,
     )
     assert ended["model_alert"] == f"automatic rollback at canary 10%: {reason}"
     listing = client.get("/api/v1/models", headers=story.as_("auditor")).json()
     assert listing["aliases"] == {NAME: {"champion": 2}}
     assert [(v["version"], v["status"]) for v in listing["items"]] == [
-        (4, "retired"),
+        (5, "retired"),
+        (4, "validated"),
         (3, "candidate"),
         (2, "production"),
         (1, "retired"),
@@ -793,12 +906,13 @@ def canary_rolled_back(story: Story) -> None:
     s.commit()
     assert now_serving is not None
     assert now_serving.label == "titration:v2"
-    assert set(evaluate(clinic, later[10], 32).values()) == {"titration:v2"}
+    assert set(evaluate(clinic, later[10], 32.5).values()) == {"titration:v2"}
     history = client.get(f"{API}/history", headers=story.as_("auditor")).json()
-    assert [i["version"] for i in history["intervals"]] == [1, 2]  # v4 never served all
+    assert [i["version"] for i in history["intervals"]] == [1, 2]  # v5 never served all
+    return reason
 
 
-def audit_trail(story: Story, eps2: float, eps4: float) -> None:
+def audit_trail(story: Story, eps2: float, eps4: float, rollback: str) -> None:
     """8. The model's audit trail, in order: who did what, with what outcome; the
     transitions' reasons; and the whole log verifies."""
     client = story.client
@@ -820,7 +934,7 @@ def audit_trail(story: Story, eps2: float, eps4: float) -> None:
     ]
     ml, lead, clin = story.user("mleng"), story.user("lead"), story.user("clina")
     ok, failed, denied = "success", "failure", "denied"
-    v1, v2, v3, v4 = (f"titration:v{n}" for n in (1, 2, 3, 4))
+    v1, v2, v3, v4, v5 = (f"titration:v{n}" for n in (1, 2, 3, 4, 5))
     expected: list[tuple[str, str | None, str, str, dict[str, Any]]] = [
         ("model.transition", v1, OPERATOR, ok, {"from": None, "to": "production"}),
         ("model.alias", v1, OPERATOR, ok, {"alias": "champion", "from": None, "to": 1}),
@@ -867,34 +981,33 @@ def audit_trail(story: Story, eps2: float, eps4: float) -> None:
         ("model.gates", v3, ml, ok, {"passed": False, "champion_version": 2}),
         ("model.promote", v3, ml, failed, {"code": "not_ready"}),
         ("model.signoff", v3, ml, failed, {"code": "status_not_validated"}),
-        # 6. the budget refusal, then v4
-        (
-            "model.train",
-            NAME,
-            ml,
-            failed,
-            {"code": "privacy_budget_exceeded", "requested_epsilon": 8.0},
-        ),
-        ("model.train", v4, ml, ok, {"parent_version": 2, "epsilon": eps4}),
-        ("model.validate", v4, ml, ok, {"passed": True}),
-        ("model.gates", v4, ml, ok, {"passed": True, "champion_version": 2}),
-        ("model.transition", v4, ml, ok, {"from": "candidate", "to": "validated"}),
+        # 6. the scheduler trains v4 and runs its gates; the sign-offs
+        ("model.train", v4, SCHEDULER, ok, {"parent_version": 2, "epsilon": eps4}),
+        ("model.gates", v4, SCHEDULER, ok, {"passed": True, "champion_version": 2}),
+        ("model.transition", v4, SCHEDULER, ok, {"from": "candidate", "to": "validated"}),
         ("model.signoff", v4, ml, ok, {"role": "ml_engineer"}),
         ("model.signed", v4, ml, ok, {"role": "ml_engineer"}),
         ("model.signoff", v4, lead, ok, {"role": "clinical_lead"}),
         ("model.signed", v4, lead, ok, {"role": "clinical_lead"}),
-        # 7. v4's rollout, rolled back
-        ("model.promote", v4, ml, ok, {"rollout_id": 2}),
-        ("model.transition", v4, ml, ok, {"from": "validated", "to": "shadow"}),
-        ("model.alias", v4, ml, ok, {"alias": "challenger", "from": None, "to": 4}),
-        ("model.rollout.start", v4, ml, ok, {"champion_version": 2}),
-        ("model.transition", v4, ROLLOUT, ok, {"from": "shadow", "to": "canary"}),
-        ("model.rollout.advance", v4, ROLLOUT, ok, {"from_percent": 0, "to_percent": 10}),
-        ("model.transition", v4, ROLLOUT, ok, {"from": "canary", "to": "retired"}),
-        ("model.alias", v4, ROLLOUT, ok, {"alias": "challenger", "from": 4, "to": None}),
+        # 7. v5: registered, gated by the scheduler, signed off, rolled out, rolled back
+        ("model.register", v5, OPERATOR, ok, {"status": "candidate"}),
+        ("model.gates", v5, SCHEDULER, ok, {"passed": True, "champion_version": 2}),
+        ("model.transition", v5, SCHEDULER, ok, {"from": "candidate", "to": "validated"}),
+        ("model.signoff", v5, ml, ok, {"role": "ml_engineer"}),
+        ("model.signed", v5, ml, ok, {"role": "ml_engineer"}),
+        ("model.signoff", v5, lead, ok, {"role": "clinical_lead"}),
+        ("model.signed", v5, lead, ok, {"role": "clinical_lead"}),
+        ("model.promote", v5, ml, ok, {"rollout_id": 2}),
+        ("model.transition", v5, ml, ok, {"from": "validated", "to": "shadow"}),
+        ("model.alias", v5, ml, ok, {"alias": "challenger", "from": None, "to": 5}),
+        ("model.rollout.start", v5, ml, ok, {"champion_version": 2}),
+        ("model.transition", v5, ROLLOUT, ok, {"from": "shadow", "to": "canary"}),
+        ("model.rollout.advance", v5, ROLLOUT, ok, {"from_percent": 0, "to_percent": 10}),
+        ("model.transition", v5, ROLLOUT, ok, {"from": "canary", "to": "retired"}),
+        ("model.alias", v5, ROLLOUT, ok, {"alias": "challenger", "from": 5, "to": None}),
         (
             "model.rollout.rollback",
-            v4,
+            v5,
             ROLLOUT,
             ok,
             {
@@ -903,6 +1016,14 @@ def audit_trail(story: Story, eps2: float, eps4: float) -> None:
                 "breaches": ["override_rate"],
                 "serving_version": 2,
             },
+        ),
+        # 8. the budget refusal
+        (
+            "model.train",
+            NAME,
+            ml,
+            failed,
+            {"code": "privacy_budget_exceeded", "requested_epsilon": 8.0},
         ),
     ]
     got = [(e["action"], e["resource_id"], e["actor"], e["outcome"]) for e in trail]
@@ -924,17 +1045,11 @@ def audit_trail(story: Story, eps2: float, eps4: float) -> None:
         (2, "shadow", "canary", ROLLOUT, "rollout 1: shadow clean for the dwell; canary at 10%"),
         (2, "canary", "production", ROLLOUT, "rollout 1 completed: clean at 100% for the dwell"),
         (1, "production", "retired", ROLLOUT, "replaced by titration:v2 (rollout 1)"),
-        (4, "candidate", "validated", ml, "every validation gate passed"),
-        (4, "validated", "shadow", ml, "rollout 2 started: shadow beside titration:v2"),
-        (4, "shadow", "canary", ROLLOUT, "rollout 2: shadow clean for the dwell; canary at 10%"),
-        (
-            4,
-            "canary",
-            "retired",
-            ROLLOUT,
-            "automatic rollback at canary 10%: override_rate 1.0 vs champion 0.0 "
-            "(limit champion + 0.1)",
-        ),
+        (4, "candidate", "validated", SCHEDULER, "every validation gate passed"),
+        (5, "candidate", "validated", SCHEDULER, "every validation gate passed"),
+        (5, "validated", "shadow", ml, "rollout 2 started: shadow beside titration:v2"),
+        (5, "shadow", "canary", ROLLOUT, "rollout 2: shadow clean for the dwell; canary at 10%"),
+        (5, "canary", "retired", ROLLOUT, f"automatic rollback at canary 10%: {rollback}"),
     ]
 
 
@@ -980,7 +1095,8 @@ def test_model_lifecycle_end_to_end_on_a_small_simulated_clinic(
     gates_and_signoffs(story)
     rollout_to_production(story)
     worse_candidate_blocked(story)
-    v4 = over_budget_then_v4(story, spent=v2["epsilon"])
-    canary_rolled_back(story)
-    audit_trail(story, v2["epsilon"], v4["epsilon"])
+    v4 = scheduled_v4(story, spent=v2["epsilon"])
+    rollback = canary_rolled_back(story)
+    over_budget_refused(story, spent=v2["epsilon"] + v4["epsilon"])
+    audit_trail(story, v2["epsilon"], v4["epsilon"], rollback)
     verify_audit_log(world.settings)

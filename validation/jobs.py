@@ -341,8 +341,11 @@ def rollout_analysis(ctx: JobContext) -> dict[str, Any]:
     """One evaluation cycle of every running rollout (mlops.rollout.tick): advance, complete,
     roll back on a breach, or hold."""
     from mlops import rollout
+    from mlops.canary import Thresholds
 
-    steps = rollout.tick(session=ctx.session, now=ctx.now)
+    steps = rollout.tick(
+        session=ctx.session, now=ctx.now, thresholds=Thresholds.from_settings(ctx.settings)
+    )
     decisions: dict[str, int] = {}
     for step in steps:
         decisions[step.decision] = decisions.get(step.decision, 0) + 1

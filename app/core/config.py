@@ -146,6 +146,18 @@ class Settings(BaseSettings):
     # then the canary at 10, 25, 50 and 100% of patients) runs before its analysis may
     # advance it; a breach rolls back at the next analysis whatever the dwell.
     canary_dwell_minutes: Annotated[int, Field(ge=1, le=43_200)] = 60
+    # The live analysis of each step (mlops/canary.py): how much evidence a check needs before
+    # it is judged, and what counts as a breach (a breach rolls back at once). A small clinic
+    # lowers the minimum counts or lengthens the dwell; docs/model-lifecycle.md#canary.
+    canary_min_scored: Annotated[int, Field(ge=1)] = 20
+    canary_min_decided: Annotated[int, Field(ge=1)] = 20
+    canary_max_override_increase: Annotated[float, Field(ge=0, le=1)] = 0.10
+    canary_min_proposals: Annotated[int, Field(ge=1)] = 20
+    canary_max_mix_shift: Annotated[float, Field(ge=0, le=1)] = 0.20
+    canary_max_error_increase: Annotated[float, Field(ge=0, le=1)] = 0.02
+    canary_min_latency_samples: Annotated[int, Field(ge=1)] = 20
+    canary_max_latency_ratio: Annotated[float, Field(ge=1, le=100)] = 2.0
+    canary_latency_slack_ms: Annotated[float, Field(ge=0, le=10_000)] = 5.0
 
     @model_validator(mode="after")
     def _fail_fast(self) -> Settings:

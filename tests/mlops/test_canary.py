@@ -235,3 +235,31 @@ def test_p95_is_a_value_at_or_above_ninety_five_percent_of_them(values: list[flo
         return
     assert result in values
     assert sum(v <= result for v in values) >= 0.95 * len(values)
+
+
+def test_thresholds_from_settings_reads_every_canary_setting() -> None:
+    from app.core.config import Settings
+
+    chosen = {
+        "min_scored": 7,
+        "min_decided": 8,
+        "max_override_increase": 0.05,
+        "min_proposals": 9,
+        "max_mix_shift": 0.3,
+        "max_error_increase": 0.01,
+        "min_latency_samples": 11,
+        "max_latency_ratio": 3.0,
+        "latency_slack_ms": 2.5,
+    }
+    settings = Settings(
+        environment="test",
+        **{f"canary_{k}": v for k, v in chosen.items()},  # type: ignore[arg-type]
+    )
+    assert set(chosen) == set(Thresholds.__dataclass_fields__)
+    assert Thresholds.from_settings(settings) == Thresholds(**chosen)  # type: ignore[arg-type]
+
+
+def test_thresholds_from_default_settings_match_the_documented_defaults() -> None:
+    from app.core.config import Settings
+
+    assert Thresholds.from_settings(Settings(environment="test")) == Thresholds()
