@@ -176,9 +176,11 @@ def coverage(session: Session, *, period: Period) -> Coverage:
     )
 
 
-def _conditions(session: Session, period: Period, filters: Filters) -> list[ColumnElement[bool]]:
-    # The same narrowing as the audit-trail report (reports.audit_trail), so the export
-    # holds exactly the rows that report lists.
+def entry_conditions(
+    session: Session, period: Period, filters: Filters
+) -> list[ColumnElement[bool]]:
+    """The period's entries under the filters: the same narrowing as the audit-trail report
+    (reports.audit_trail), so an export holds exactly the rows that report lists."""
     where = _in_period(period)
     # The report helpers are annotated with sqlmodel's Session; they only call scalars().
     reader = cast(SQLModelSession, session)
@@ -269,7 +271,7 @@ def export(
     filtered = filters.patient_id is not None or filters.actor is not None
     # Bounded by the last seq seen above: an entry committed meanwhile (an open period on
     # PostgreSQL) would lie beyond the tree head.
-    where = [*_conditions(session, period, filters), col(AuditEntry.seq) <= cover.last_seq]
+    where = [*entry_conditions(session, period, filters), col(AuditEntry.seq) <= cover.last_seq]
     rows = list(_rows(session, where))
     if not rows:
         raise NothingToExport("no audit entry of the period matches the filters")
