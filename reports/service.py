@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
-from sqlmodel import Session
+from sqlalchemy.orm import Session
 
 from reports.models import Filters, Period, Report, ReportKind
 

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from sqlalchemy import ColumnElement, false, or_, select
-from sqlmodel import Session, col
+from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from app.auth.models import User
 from app.patients.models import Patient

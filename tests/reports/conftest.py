@@ -23,7 +23,7 @@ from audit.keys import load_signing_key
 from loops.models import Proposal, ProposalStatus
 from loops.review import service as review
 from policies.routing import Route
-from reports.models import Filters, Period
+from reports.models import Filters, Period, Report
 from tests.conftest import PASSWORD, World
 from tests.review.conftest import propose, regimens
 
@@ -94,6 +94,7 @@ def seeded(world: World, client: TestClient, propose: Callable[..., Proposal]) -
     assert client.get(f"/api/v1/patients/{pa1}", headers=world.auth("clinb")).status_code == 404
     # A patient asking for the admin listing of users: 403.
     assert client.get("/api/v1/admin/users", headers=world.auth("pa1")).status_code == 403
+    assert world.settings.signing_key_path is not None
     audit.checkpoint(s, key=load_signing_key(world.settings.signing_key_path))
     s.commit()
     for p in (approved, rejected, delivered, pending):
@@ -104,14 +105,20 @@ def seeded(world: World, client: TestClient, propose: Callable[..., Proposal]) -
     return Seeded(world, period, approved, rejected, delivered, pending)
 
 
-def build_args(seeded: Seeded, filters: Filters | None = None) -> dict[str, object]:
-    """The keyword arguments every builder takes, for the seeded period."""
-    return {
-        "period": seeded.period,
-        "filters": filters or Filters(),
-        "generated_by": "auditor",
-        "now": GENERATED_AT,
-    }
+def build(
+    builder: Callable[..., Report],
+    seeded: Seeded,
+    session: Session,
+    filters: Filters | None = None,
+) -> Report:
+    """Build a report over the seeded period, as `auditor`, generated at GENERATED_AT."""
+    return builder(
+        session,
+        period=seeded.period,
+        filters=filters or Filters(),
+        generated_by="auditor",
+        now=GENERATED_AT,
+    )
 
 
 @pytest.fixture
