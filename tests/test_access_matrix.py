@@ -566,6 +566,26 @@ CELLS = [
         "/portal/monitoring/drift/999999",
         _all(403, anon=303, mleng=404, auditor=404),
     ),
+    # The model pages: whoever may read models (ML engineers, clinicians, auditors); rolling
+    # back by hand is for ML engineers (no model is registered here: 404 once granted).
+    Cell(
+        "portal-models",
+        "GET",
+        "/portal/models",
+        _all(403, anon=303, mleng=200, clina=200, clinb=200, auditor=200),
+    ),
+    Cell(
+        "portal-model-unknown",
+        "GET",
+        "/portal/models/titration",
+        _all(403, anon=303, mleng=404, clina=404, clinb=404, auditor=404),
+    ),
+    Cell(
+        "portal-model-rollback",
+        "POST",
+        "/portal/models/titration/rollback",
+        _all(403, anon=303, mleng=404),
+    ),
 ]
 
 
@@ -663,6 +683,7 @@ PORTAL_ACTS = (
     "envelope.write",
     "alert.acknowledge",
     "alert.escalate",
+    "model.rollback",
     "auth.portal_logout",
 )
 

@@ -27,17 +27,20 @@ from app.api.deps import (
 )
 from app.auth import service as auth_service
 from app.auth.models import WebSession
+from app.core import clock
 from app.patients import service as patients
 from app.portal import care as care  # each page module registers its pages on the router
 from app.portal import drafts
 from app.portal import messages as messages
 from app.portal import monitoring as monitoring
 from app.portal import pages as pages
+from app.portal import registry as registry
 from app.portal import visits as visits
 from app.portal.web import HERE, LOGIN_CSRF_COOKIE, login_page, safe_next, templates
 from app.portal.web import router as router  # the portal's router, listed in app.main
 from audit import service as audit
 from audit.models import Outcome
+from mlops import alerts
 from policies import service as policy
 
 
@@ -202,13 +205,18 @@ def home(
     settings: SettingsDep,
     access: Annotated[Access, require("portal", "view")],
 ) -> Response:
-    """The signed-in landing page; clinicians and patients see the patients in their scope."""
+    """The signed-in landing page; clinicians and patients see the patients in their scope,
+    and whoever may read models a banner while a model was rolled back automatically in the
+    last 14 days."""
     principal = access.principal
     listing = None
     if policy.allowed_relations(principal.role, "patient", "list"):
         where = policy.patient_filter(principal, "patient", "list")
         listing = patients.list_patients(session, where=where, limit=50)
         access.entry.details = {"count": len(listing), "patient_ids": [p.id for p in listing]}
+    model_alerts = None
+    if policy.allowed_relations(principal.role, "model", "read"):
+        model_alerts = alerts.rollbacks(session, since=clock.utcnow() - alerts.WINDOW)
     session.commit()
     return templates.TemplateResponse(
         request,
@@ -216,6 +224,8 @@ def home(
         {
             "principal": principal,
             "patients": listing,
+            "model_alerts": model_alerts,
+            "window_days": alerts.WINDOW.days,
             "idle_minutes": settings.session_idle_minutes,
         },
     )
