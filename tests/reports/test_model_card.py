@@ -4,14 +4,17 @@ lineage and sign-offs, serving history and known limits; aggregates only."""
 
 from __future__ import annotations
 
+import io
 import math
+import re
 from pathlib import Path
 
+import pypdf
 import pytest
 
 from mlops import lifecycle
 from mlops.models import SignoffRole
-from reports import model_card
+from reports import model_card, render
 from reports.models import Filters, Report, ReportKind
 from tests.conftest import World
 from tests.reports.lifecycle_setup import (
@@ -286,3 +289,22 @@ def test_build_carries_no_patient_identifier(world: World, history: History) -> 
     for patient in world.patients.values():
         assert patient.id not in shown
         assert patient.pseudonym not in shown
+
+
+def test_render_as_csv_and_pdf_carries_the_card_figures(world: World, history: History) -> None:
+    report = card(world, version=2)
+
+    lines = render.to_csv(report).splitlines()
+    assert lines[0] == "section,item,value"
+    assert "Summary,model,titration:v2" in lines
+    assert "Training data,rows,160" in lines
+    assert "Privacy guarantee,epsilon,2.9533" in lines
+    assert "Known limits,secure_mode,off" in lines
+    pdf = pypdf.PdfReader(io.BytesIO(render.to_pdf(report)))
+    text = "\n".join(page.extract_text() for page in pdf.pages)
+    flat = re.sub(r"\s+", "", text)
+    assert "Model card: titration:v2" in text
+    assert "Dr Clinical Lead" in text
+    for result in history.run:  # every gate's evidence hash (long cells wrap)
+        assert result.evidence_sha256 in flat
+    assert f"page {len(pdf.pages)} of {len(pdf.pages)}" in text
