@@ -98,7 +98,7 @@ def _column_widths(table: Table, *, wide: bool) -> tuple[float, ...]:
     A column needs its heading's longest word (headings are bold) and the length of most of
     its cells (the 90th percentile, capped). When the needs exceed what a line holds, only
     columns of long text are shrunk (down to their heading words), so short cells (times,
-    codes) and headings stay whole and long text wraps instead. Tables are laid out fixed
+    codes) and headings stay whole and long text wraps instead. PDF tables are laid out fixed
     with these widths and cells wrap anywhere they must, so a table never runs off the page.
     """
     floors, needs = [], []
