@@ -32,6 +32,7 @@ from loops.review import views as review_views
 from loops.visits import views as visit_views
 from loops.worker import LoopWorker
 from mlops import views as model_views
+from reports import views as report_views
 from validation import jobs
 from validation import views as validation_views
 from validation.scheduler import Scheduler
@@ -90,6 +91,7 @@ ROUTERS = (
     model_views.router,
     validation_views.router,
     validation_views.jobs_router,
+    report_views.router,
 )
 
 

@@ -566,6 +566,36 @@ CELLS = [
         "/portal/monitoring/drift/999999",
         _all(403, anon=303, mleng=404, auditor=404),
     ),
+    # Compliance reports (issue 8): auditors only. The default period is the last calendar
+    # month, empty here: the audit-trail ZIP has nothing to prove (404 once granted).
+    Cell("reports-list", "GET", "/api/v1/reports", _all(403, anon=401, auditor=200)),
+    Cell(
+        "report-access-csv",
+        "GET",
+        "/api/v1/reports/access?format=csv",
+        _all(403, anon=401, auditor=200),
+    ),
+    Cell(
+        "report-decisions-patient",
+        "GET",
+        "/api/v1/reports/decision-log?format=csv&patient_id=P-PA1",
+        _all(403, anon=401, auditor=200),
+    ),
+    Cell(
+        "report-audit-zip",
+        "GET",
+        "/api/v1/reports/audit-trail/export.zip",
+        _all(403, anon=401, auditor=404),
+    ),
+    Cell(
+        "report-fhir-auditevent",
+        "GET",
+        "/api/v1/reports/fhir/AuditEvent.ndjson",
+        _all(403, anon=401, auditor=200),
+    ),
+    Cell(
+        "report-fhir-bundle", "GET", "/api/v1/reports/fhir/bundle", _all(403, anon=401, auditor=200)
+    ),
     # The model pages: whoever may read models (ML engineers, clinicians, auditors); rolling
     # back by hand is for ML engineers (no model is registered here: 404 once granted).
     Cell(
