@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import textwrap
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -329,6 +330,11 @@ def _scope(built: AuditExport) -> str:
     )
 
 
+def _field(label: str, text: str) -> str:
+    """A README field whose value wraps under itself."""
+    return textwrap.fill(text, width=92, initial_indent=f"{label:<19}", subsequent_indent=" " * 19)
+
+
 def _open_note(built: AuditExport) -> str:
     if not built.open_period:
         return ""
@@ -355,7 +361,7 @@ Period:            {built.period.label()}
 Filters:           {filters}
 Entries:           {built.count}
 Sequence numbers:  {shown}
-Contents:          {_scope(built)}
+{_field("Contents:", _scope(built))}
 
 Signed tree head:  size {sth["tree_size"]}, signed at {sth["timestamp"]}
 Root hash:         {sth["root_hash"]}
@@ -374,13 +380,15 @@ Files
 
 Verify offline
 --------------
-In this folder, with the standalone verifier (audit/ package of ClinAIOps; Python 3.11+
-and the `cryptography` package; {GUIDE} says how to set it up), run:
+In this folder, with the standalone verifier importable (PYTHONPATH set to the folder that
+holds its audit/ package; Python 3.11+ and the `cryptography` package; {GUIDE}
+says how to set it up), run:
 
     {VERIFY_COMMAND}
 
-Use the public key you pinned out of band in place of {KEY_FILE} if you have one (its log id
-must be {sth["log_id"]}). On success it prints, and exits with 0:
+Use the public key you pinned out of band in place of {KEY_FILE} if you have one; its log id
+must be {sth["log_id"]}.
+On success it prints, and exits with 0:
 
     {expected}
 
