@@ -1225,6 +1225,78 @@ def drift_show(report_id: Annotated[int, typer.Argument(help="The report's id.")
         )
 
 
+# ------------------------------------------------------------------ compliance reports (issue 8)
+reports_cli = typer.Typer(help="Compliance reports for auditors.", no_args_is_help=True)
+cli.add_typer(reports_cli, name="reports")
+
+
+@reports_cli.command("pack")
+def reports_pack(
+    month: Annotated[
+        str | None, typer.Option(help="The calendar month, YYYY-MM (default: the last one).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Base folder (default: <data_dir>/compliance).")
+    ] = None,
+) -> None:
+    """Write a month's compliance pack: every report in HTML, PDF and CSV, the verifiable
+    audit-trail export and FHIR NDJSON, with a manifest signed by the audit signing key."""
+    from app.core import clock
+    from reports import pack
+    from reports.periods import PeriodError, parse_month, previous_month
+
+    settings = _settings()
+    now = clock.utcnow()
+    try:
+        period = previous_month(now) if month is None else parse_month(month)
+    except PeriodError as exc:
+        raise CliError(exc.detail) from exc
+    if period.start >= now:
+        raise CliError("that month has not started yet")
+    assert settings.signing_key_path is not None
+    try:
+        key = audit_keys.load_signing_key(settings.signing_key_path)
+    except audit_keys.SigningKeyMissing as exc:
+        raise CliError(str(exc)) from exc
+    base = out if out is not None else pack.default_base(settings.data_dir)
+    label = pack.month_label(period)
+    with session_scope() as session, session_scope(readonly=True) as reader:
+        try:
+            built = pack.write_pack(
+                session,
+                reader=reader,
+                period=period,
+                base=base,
+                signing_key=key,
+                generated_by=_actor(),
+                now=now,
+                settings=settings,
+            )
+        except pack.PackExists as exc:
+            raise CliError(str(exc)) from exc
+        _record(
+            session,
+            "report.pack",
+            resource_type="report",
+            resource_id=label,
+            details=built.audit_details(label),
+        )
+        session.commit()
+    if period.end > now:
+        console.print(f"note: {label} has not ended; the pack covers it up to now")
+    typer.echo(
+        json.dumps(
+            {
+                "month": label,
+                "folder": str(built.folder),
+                "files": built.files,
+                "manifest_sha256": built.manifest_sha256,
+                "skipped": list(built.skipped),
+            }
+        )
+    )
+
+
 def main() -> None:
     """Entry point: one-line reasons and a non-zero exit on failure."""
     try:

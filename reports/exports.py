@@ -8,6 +8,8 @@ kind, format, period, filters and the SHA-256 of exactly the bytes handed out.
 from __future__ import annotations
 
 import hashlib
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -16,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy.orm import Session
 
 from app.core import clock
+from app.core.config import Settings
 from reports import audit_export, fhir, render, service
-from reports.models import Filters, Period, ReportFormat, ReportKind
+from reports.models import Filters, Period, Report, ReportFormat, ReportKind
 
 FHIR_TYPES: Final = ("AuditEvent", "Provenance")
 MEDIA_NDJSON: Final = "application/fhir+ndjson"
@@ -69,6 +72,10 @@ def _details(
     }
 
 
+def _takes_settings(build: Callable[..., Report]) -> bool:
+    return "settings" in inspect.signature(build).parameters
+
+
 def report_file(
     session: Session,
     *,
@@ -78,15 +85,27 @@ def report_file(
     filters: Filters,
     generated_by: str,
     now: datetime,
+    settings: Settings,
 ) -> ExportFile:
-    """A report rendered in one format."""
+    """A report rendered in one format (the app's settings go to builders that read them:
+    evidence files under the data directory, the signing key's public half)."""
     try:
-        report = service.build(
-            session, kind=kind, period=period, filters=filters, generated_by=generated_by, now=now
-        )
+        build = service.builder(kind)
     except ModuleNotFoundError as exc:  # a builder not deployed yet
         detail = f"the {kind} report is not available"
         raise ExportRefused(503, "report_unavailable", detail) from exc
+    extra: dict[str, Any] = {"settings": settings} if _takes_settings(build) else {}
+    try:
+        report = build(
+            session,
+            period=period,
+            filters=filters,
+            generated_by=generated_by,
+            now=now,
+            **extra,
+        )
+    except LookupError as exc:  # e.g. a model version that does not exist
+        raise ExportRefused(404, "not_found", str(exc)) from exc
     body, media_type, name = render.render(report, fmt)
     return ExportFile(body, media_type, name, _details(str(kind), str(fmt), period, filters, body))
 

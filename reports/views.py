@@ -170,6 +170,7 @@ def export_fhir(
 def export_report(
     kind: str,
     session: SessionDep,
+    settings: SettingsDep,
     access: Annotated[Access, EXPORT],
     start: Start = None,
     end: End = None,
@@ -203,6 +204,7 @@ def export_report(
             filters=filters,
             generated_by=access.principal.username or access.principal.actor,
             now=clock.utcnow(),
+            settings=settings,
         )
     except exports.ExportRefused as exc:
         raise _refused(exc) from exc

@@ -95,6 +95,50 @@ class Schedule:
         return f"every {_span(self.every)}, once per {_span(self.period)}"
 
 
+@dataclass(frozen=True)
+class MonthlySchedule(Schedule):
+    """Once per calendar month (UTC) from `day` at `from_hour`, looked at every `every` until
+    the month ends (catch-up after a late start, retries, take-over of a lapsed lease)."""
+
+    day: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.day <= 28:
+            raise ValueError("a monthly job's day is 1-28, so every month has it")
+
+    @classmethod
+    def monthly(cls, day: int, hour: int, *, recheck_seconds: float) -> MonthlySchedule:
+        """From `day` at `hour` UTC, once per month."""
+        return cls(
+            every=timedelta(seconds=recheck_seconds),
+            period=timedelta(days=28),  # the shortest month; periods are calendar months
+            from_hour=hour,
+            day=day,
+        )
+
+    def period_start(self, now: datetime) -> datetime:
+        """The first instant of the month `now` falls in."""
+        utc = now.astimezone(UTC)
+        return datetime(utc.year, utc.month, 1, tzinfo=UTC)
+
+    def period_of(self, now: datetime) -> str:
+        """The month a firing at `now` runs for: `YYYY-MM`."""
+        return self.period_start(now).strftime("%Y-%m")
+
+    def due(self, now: datetime) -> bool:
+        """Whether the month has reached the job's day and hour."""
+        utc = now.astimezone(UTC)
+        return (utc.day, utc.hour) >= (self.day, self.from_hour)
+
+    def describe(self) -> str:
+        """In words, for listings."""
+        return (
+            f"monthly from day {self.day} at {self.from_hour:02d}:00 UTC "
+            f"(looked at every {_span(self.every)} until the month ends)"
+        )
+
+
 def _span(step: timedelta) -> str:
     seconds = int(step.total_seconds())
     if seconds and seconds % 3600 == 0:
@@ -352,6 +396,44 @@ def rollout_analysis(ctx: JobContext) -> dict[str, Any]:
     return {"rollouts": len(steps), "decisions": decisions}
 
 
+def compliance_pack(ctx: JobContext) -> dict[str, Any]:
+    """The previous calendar month's compliance pack (reports.pack) in
+    `<data_dir>/compliance/<YYYY-MM>/`, its manifest signed, audited as `report.pack`; a
+    month whose pack is already there is left alone."""
+    from reports import pack
+    from reports.periods import previous_month
+
+    period = previous_month(ctx.now)
+    month = pack.month_label(period)
+    base = pack.default_base(ctx.settings.data_dir)
+    if (base / month).exists():
+        return {"month": month, "exists": True}
+    key = _signing_key(ctx.settings)
+    # Reports read a snapshot: on SQLite rendering every PDF must not hold the writer slot.
+    with session_scope(ctx.factory.kw["bind"], readonly=True) as reader:
+        built = pack.write_pack(
+            ctx.session,
+            reader=reader,
+            period=period,
+            base=base,
+            signing_key=key,
+            generated_by=ACTOR,
+            now=ctx.now,
+            settings=ctx.settings,
+        )
+    details = built.audit_details(month)
+    audit.record(
+        ctx.session,
+        actor=ACTOR,
+        actor_role="system",
+        action="report.pack",
+        resource_type="report",
+        resource_id=month,
+        details=details,
+    )
+    return details
+
+
 # ----------------------------------------------------------------------------------- registry
 
 
@@ -365,6 +447,11 @@ def registry(settings: Settings) -> dict[str, Job]:
 
     def every(seconds: int | None) -> Schedule | None:
         return None if seconds is None else Schedule.interval(seconds)
+
+    def monthly(day: int | None, hour: int | None) -> Schedule | None:
+        if day is None or hour is None:
+            return None
+        return MonthlySchedule.monthly(day, hour, recheck_seconds=recheck)
 
     jobs = [
         Job(
@@ -429,6 +516,13 @@ def registry(settings: Settings) -> dict[str, Job]:
             every(settings.alert_escalation_seconds),
             lease,
             alert_escalation,
+        ),
+        Job(
+            "compliance_pack",
+            "Write and sign the previous month's compliance pack",
+            monthly(settings.compliance_pack_day, settings.compliance_pack_hour_utc),
+            lease,
+            compliance_pack,
         ),
     ]
     return {job.name: job for job in jobs}

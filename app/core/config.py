@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     # Retraining when mlops.retrain.retrain_due says so, daily from this UTC hour (after the
     # drift report, whose alert is one reason); None: off. The candidate waits for the gates.
     retraining_hour_utc: Annotated[int | None, Field(ge=0, le=23)] = 4
+    # The monthly compliance pack (reports.pack) of the previous calendar month, from this
+    # day of the month (1-28, so every month has it) at this UTC hour, once a month; a later
+    # day catches up a missed one. Either None: off (`clinaiops reports pack` still runs it).
+    compliance_pack_day: Annotated[int | None, Field(ge=1, le=28)] = 1
+    compliance_pack_hour_utc: Annotated[int | None, Field(ge=0, le=23)] = 4
     # The validation gates on new candidates, every this many seconds; None: off.
     model_validation_seconds: Annotated[int | None, Field(ge=1, le=86_400)] = 900
     # One analysis of each running rollout (mlops.rollout.tick) every this many seconds: a

@@ -139,6 +139,7 @@ def test_export_html_when_no_period_given_covers_last_calendar_month(
         ("/access", {"start": "2026-11-01"}, 422, "period_incomplete"),
         ("/access", {"model_version": "x"}, 422, "validation_error"),
         ("/fhir/Patient.ndjson", {}, 404, "unknown_fhir_export"),
+        ("/model-card", {"model_version": "99"}, 404, "not_found"),
         ("/audit-trail/export.zip", {"end": "x", "start": "y"}, 422, "bad_date"),
     ],
 )
