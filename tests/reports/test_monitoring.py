@@ -12,13 +12,14 @@ from datetime import UTC, datetime, timedelta
 import pypdf
 import pytest
 
+from app.core.config import get_settings
 from loops import service as loops
 from loops.alerts import ESCALATE_AFTER, Severity
 from loops.models import Alert, AlertStatus, Proposal, ProposalStatus
 from loops.review import service as review
 from loops.review.models import Decision
 from mlops.models import Rollout, RolloutStatus
-from reports import monitoring, render
+from reports import monitoring, render, service
 from reports.models import Filters, Period, Report, ReportKind
 from tests.conftest import World
 from tests.reports.lifecycle_setup import cells, facts, rows, section
@@ -412,3 +413,29 @@ def test_render_as_csv_and_pdf_carries_the_figures(world: World, clinic: Clinic)
     assert "acknowledgedwithin15.0minofbeingraised" in flat
     assert "8.5min" in flat
     assert section(report, "Drift findings").table is not None
+
+
+def test_service_builds_it_by_kind_with_the_process_settings(
+    world: World, clinic: Clinic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Through the one entry point the API and the pack use: no settings passed, so the
+    # builder reads the process's (from the environment, as a server would).
+    monkeypatch.setenv("CLINAIOPS_ENVIRONMENT", "test")
+    monkeypatch.setenv("CLINAIOPS_DATA_DIR", str(world.settings.data_dir))
+    monkeypatch.setenv("CLINAIOPS_ALERT_ESCALATION_SECONDS", "30")
+    get_settings.cache_clear()
+    try:
+        report = service.build(
+            world.session,
+            kind=ReportKind.MONITORING,
+            period=two_weeks(),
+            filters=Filters(),
+            generated_by="auditor",
+            now=NOW,
+        )
+    finally:
+        get_settings.cache_clear()
+
+    crisis = facts(report, "Time to acknowledge crisis alerts")
+    assert "checked every 30 s" in crisis["escalation"]
+    assert crisis["median"] == "8.5 min"
