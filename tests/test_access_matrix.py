@@ -596,6 +596,20 @@ CELLS = [
     Cell(
         "report-fhir-bundle", "GET", "/api/v1/reports/fhir/bundle", _all(403, anon=401, auditor=200)
     ),
+    # The auditor's report pages (default period: last month, empty here).
+    Cell("portal-reports", "GET", "/portal/reports", _all(403, anon=303, auditor=200)),
+    Cell(
+        "portal-report-preview",
+        "GET",
+        "/portal/reports/preview?kind=access",
+        _all(403, anon=303, auditor=200),
+    ),
+    Cell(
+        "portal-report-download",
+        "GET",
+        "/portal/reports/download?kind=access&format=csv",
+        _all(403, anon=303, auditor=200),
+    ),
     # The model pages: whoever may read models (ML engineers, clinicians, auditors); rolling
     # back by hand is for ML engineers (no model is registered here: 404 once granted).
     Cell(

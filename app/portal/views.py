@@ -35,6 +35,7 @@ from app.portal import messages as messages
 from app.portal import monitoring as monitoring
 from app.portal import pages as pages
 from app.portal import registry as registry
+from app.portal import reports as reports
 from app.portal import visits as visits
 from app.portal.web import HERE, LOGIN_CSRF_COOKIE, login_page, safe_next, templates
 from app.portal.web import router as router  # the portal's router, listed in app.main
