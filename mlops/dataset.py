@@ -101,6 +101,12 @@ def protocol_state(features: FeatureVector, patient: SimPatient, step: int) -> P
     )
 
 
+def overtreated(index: int, share: float) -> bool:
+    """Whether the cohort's `index`-th patient (from 0) is one `build` makes over-treated."""
+    every_nth = round(1 / share) if share > 0 else 0
+    return bool(every_nth) and index % every_nth == every_nth - 1
+
+
 def build(
     *,
     n_patients: int,
@@ -117,7 +123,6 @@ def build(
     represented in the labels at all.
     """
     patients = generate_patients(n_patients, seed, scenario.subgroup if scenario else None)
-    every_nth = round(1 / overtreated_share) if overtreated_share > 0 else 0
     patients = [
         replace(
             p,
@@ -125,7 +130,7 @@ def build(
             baseline_dbp=round(p.baseline_dbp - 14.0, 1),
             start_step=len(p.ladder_mg) - 1,
         )
-        if every_nth and i % every_nth == every_nth - 1
+        if overtreated(i, overtreated_share)
         else p
         for i, p in enumerate(patients)
     ]

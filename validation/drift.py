@@ -175,6 +175,13 @@ class ColumnDrift:
         }
 
 
+# The regimen-history features: set by the loop's own decisions (and by how long each patient
+# has been treated), not measured on the patient. A training cohort that followed the protocol
+# at once, every week from enrolment, and a clinic whose clinicians titrate at their own pace
+# differ in them from the first day; that pace is what the override rate and the canary
+# watch. They are tested and reported, but raise no alert and are located in no segment.
+PROCESS_FEATURES: Final = ("ladder_position", "days_since_change", "never_changed")
+
 # ------------------------------------------------------------------------------ segments
 
 # The dimensions drift is broken down by: the device that measured the blood pressure, and the
@@ -210,6 +217,16 @@ def age_band_label(band: float) -> str:
 def diabetes_or_ckd_label(diabetes: float, ckd: float) -> str:
     """'yes' with diabetes or chronic kidney disease (the lower BP target), else 'no'."""
     return "yes" if diabetes >= 0.5 or ckd >= 0.5 else "no"
+
+
+def device_name(manufacturer: str, model: str) -> str:
+    """A device model's full name, "A&D UA-651": readings store the model alone ("UA-651"),
+    the simulator and the training reference the maker and model; a model already named
+    with its maker is left as it is."""
+    maker, model = manufacturer.strip(), model.strip()
+    if not maker or model.casefold().startswith(maker.casefold()):
+        return model
+    return f"{maker} {model}".strip()
 
 
 def device_label(model: str | None) -> str:

@@ -13,6 +13,7 @@ Evidently is imported on first use: its import takes seconds and most processes 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections import Counter
@@ -29,7 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from device_ingest.models import Reading, ReadingStatus
+from device_ingest.models import Device, Reading, ReadingStatus
 from device_ingest.simulator import generate_patients
 from loops import flows as loop_flows
 from loops.models import Evaluation, Proposal
@@ -37,6 +38,7 @@ from loops.review.models import Decision, DecisionKind
 from mlops import dataset
 from mlops.features import FEATURE_NAMES, RegimenFacts, compute_features
 from mlops.models import ModelVersion, TrainingSnapshot
+from policies.envelope import TitrationAction
 from validation import drift
 from validation.drift import (
     AGE_BAND,
@@ -59,6 +61,12 @@ DEVICE_LOOKBACK: Final = timedelta(days=14)
 _CHUNK: Final = 500  # patients per read of the loop's history queries
 _SCORED: Final = ("hold", "proposal")  # evaluation outcomes where the model scored
 _VALUE_DRIFT: Final = "evidently:metric_v2:ValueDrift"
+# The predicted action as a step on the ladder (an ordered value, see `with_predictions`).
+_STEP: Final = {
+    TitrationAction.DECREASE: -1.0,
+    TitrationAction.HOLD: 0.0,
+    TitrationAction.INCREASE: 1.0,
+}
 
 
 class ReferenceUnavailable(Exception):
@@ -315,6 +323,8 @@ class Analysis:
     explained: list[dict[str, Any]] = field(default_factory=list)
     evidently: dict[str, Any] = field(default_factory=dict)
     html: str | None = None
+    # The regimen-history features' tests (`drift.PROCESS_FEATURES`): reported, never alerting.
+    process: list[ColumnDrift] = field(default_factory=list)
 
     @property
     def drifted_features(self) -> list[ColumnDrift]:
@@ -334,11 +344,14 @@ def analyse(
     features: Sequence[str] = FEATURE_NAMES,
     thresholds: Thresholds = Thresholds(),
     html: bool = True,
+    process: Sequence[str] = drift.PROCESS_FEATURES,
 ) -> Analysis:
     """Compare `current` with `reference` overall and per segment, with Evidently.
 
     Both frames hold the feature columns, optionally `device_model` and, for prediction
     drift, the PREDICTION_COLUMNS. Nothing is tested with fewer than `min_rows` current rows.
+    The `process` features are tested across all patients and reported apart (`process`):
+    they raise no alert and are not tested per segment.
     """
     missing = [n for n in features if n not in current or n not in reference]
     if missing:
@@ -358,22 +371,25 @@ def analyse(
         overall, drift.bonferroni(thresholds.family_alpha, max(1, len(overall.choices)))
     )
     tested, document, page = _run(current, reference, overall, preset_columns=features, html=html)
-    segments = _segments(current, reference, features, thresholds)
+    in_process = set(process)
+    measured = [n for n in features if n not in in_process]
+    segments = _segments(current, reference, measured, thresholds)
     located, explained = _explain_away(
         current, reference, segments, drift.attribute(segments), thresholds
     )
-    in_features = set(features)
+    in_measured = set(measured)
     return Analysis(
         n_current=len(current),
         n_reference=len(reference),
-        features=[c for c in tested if c.column in in_features],
+        features=[c for c in tested if c.column in in_measured],
         skipped=overall.skipped,
-        predictions=[c for c in tested if c.column not in in_features],
+        predictions=[c for c in tested if c.column not in in_measured | in_process],
         segments=segments,
         attributions=located,
         explained=explained,
         evidently=document,
         html=page,
+        process=[c for c in tested if c.column in in_process],
     )
 
 
@@ -385,6 +401,7 @@ def _segments(
 ) -> list[SegmentDrift]:
     cur_labels, ref_labels = segment_labels(current), segment_labels(reference)
     plans: list[tuple[str, str, str, pd.DataFrame, pd.DataFrame, _Plan]] = []
+    untested: list[SegmentDrift] = []
     for dimension in drift.DIMENSIONS:
         counts = cur_labels[dimension].value_counts()
         for value, n in sorted(counts.items()):
@@ -394,7 +411,17 @@ def _segments(
             ref = reference[ref_labels[dimension] == value]
             scope = "segment"
             if len(ref) < thresholds.min_segment_rows:
-                ref, scope = reference, "all"  # e.g. a device model training never saw
+                if dimension != DEVICE_MODEL:
+                    # A subgroup differs from the whole population by what defines it (its
+                    # age band, its diabetes, its lower BP target): compared with all of the
+                    # reference it would always drift. Too few of it in training: untested.
+                    untested.append(
+                        SegmentDrift(dimension, str(value), len(cur), len(ref), "none", ())
+                    )
+                    continue
+                # A device model training never saw (or a reference without device models):
+                # its patients are compared with all of the reference.
+                ref, scope = reference, "all"
             plan = _plan(
                 cur,
                 ref,
@@ -406,13 +433,13 @@ def _segments(
             plans.append((dimension, str(value), scope, cur, ref, plan))
     total = sum(len(p[-1].choices) for p in plans)
     if total == 0:
-        return []
+        return untested
     alpha = drift.bonferroni(thresholds.family_alpha, total)
     found = []
     for dimension, value, scope, cur, ref, plan in plans:
         results = _tests(cur, ref, _with_alpha(plan, alpha))
         found.append(SegmentDrift(dimension, value, len(cur), len(ref), scope, tuple(results)))
-    return found
+    return found + untested
 
 
 def _explain_away(
@@ -480,15 +507,20 @@ def _explain_away(
 
 
 def with_predictions(frame: pd.DataFrame, model: Any) -> pd.DataFrame:
-    """The frame with the model's predicted action and probabilities added."""
+    """The frame with the model's predicted action and probabilities added.
+
+    The predicted action is its step on the ladder, -1 (decrease), 0 (hold) or 1 (increase):
+    the actions are ordered, and as a number it gets K-S like the other few-valued ordinal
+    columns. As text labels it got chi-square, whose expected counts come from the reference:
+    a decrease never predicted on the reference but predicted once now scored p = 0."""
     out = frame.copy()
     if frame.empty:
         for name in PREDICTION_COLUMNS:
-            out[name] = pd.Series(dtype=object if name == PREDICTED_ACTION else float)
+            out[name] = pd.Series(dtype=float)
         return out
     probs = np.asarray(model.predict_proba(frame[list(FEATURE_NAMES)].to_numpy(np.float64)))
-    labels = np.array([str(a) for a in dataset.ACTIONS])
-    out[PREDICTED_ACTION] = labels[probs.argmax(axis=1)]
+    steps = np.array([_STEP[a] for a in dataset.ACTIONS])
+    out[PREDICTED_ACTION] = steps[probs.argmax(axis=1)]
     out["p_decrease"] = probs[:, 0]
     out["p_increase"] = probs[:, 2]
     return out
@@ -565,17 +597,20 @@ def current_frame(
 def _device_models(
     session: Session, patient_ids: Sequence[str], *, start: datetime, end: datetime
 ) -> dict[str, tuple[str, str]]:
-    """Each patient's most used validated-cuff model and firmware over [start, end)."""
+    """Each patient's most used validated-cuff model ("manufacturer model", as the simulator
+    and the training reference name it) and firmware over [start, end)."""
     found: dict[str, tuple[int, str, str]] = {}
     for i in range(0, len(patient_ids), _CHUNK):
         ids = list(patient_ids[i : i + _CHUNK])
         stmt = (
             select(
                 col(Reading.patient_id),
+                col(Device.manufacturer),
                 col(Reading.device_model),
                 col(Reading.firmware_version),
                 func.count(),
             )
+            .join(Device, col(Device.id) == col(Reading.device_id))
             .where(
                 col(Reading.patient_id).in_(ids),
                 col(Reading.effective_start) >= start,
@@ -585,14 +620,18 @@ def _device_models(
                 col(Reading.status) == ReadingStatus.ACCEPTED,
             )
             .group_by(
-                col(Reading.patient_id), col(Reading.device_model), col(Reading.firmware_version)
+                col(Reading.patient_id),
+                col(Device.manufacturer),
+                col(Reading.device_model),
+                col(Reading.firmware_version),
             )
         )
-        for pid, model, firmware, n in session.execute(stmt):
+        for pid, maker, model, firmware, n in session.execute(stmt):
+            name = drift.device_name(str(maker or ""), str(model or ""))
             best = found.get(pid)
             # Most readings wins; ties go to the alphabetically first model (deterministic).
-            if best is None or (n, best[1]) > (best[0], model):
-                found[pid] = (int(n), str(model or ""), str(firmware or ""))
+            if best is None or (n, best[1]) > (best[0], name):
+                found[pid] = (int(n), name, str(firmware or ""))
     return {pid: (model, firmware) for pid, (_, model, firmware) in found.items()}
 
 
@@ -615,11 +654,18 @@ def reference_frame(
     session: Session | None = None,
     data_dir: Path | None = None,
 ) -> pd.DataFrame:
-    """The training data of `version`: its training snapshot if it was retrained on one
-    (read from the snapshot's file, checked by hash), else rebuilt from its recorded
-    parameters and checked against its recorded data hash; cached by that hash (Parquet)
-    under `cache_dir`."""
-    cached = cache_dir / f"reference-{version.data_hash}.parquet"
+    """The training data of `version` as a population, one row per training patient: its
+    training snapshot if it was retrained on one (read from the snapshot's file, checked by
+    hash), else rebuilt from its recorded parameters and checked against its recorded data
+    hash; cached by that hash (Parquet) under `cache_dir`.
+
+    One row per patient, as the window has: a training set holds each patient at several
+    times, and tests that count those rows as independent patients find drift in traits that
+    never change (a handful of CKD patients, repeated eight times, is not 64 patients). The
+    simulated cohort's deliberately over-treated patients (`mlops.dataset.overtreated`, a
+    share set so the labels hold decreases at all, not an estimate of any population) are
+    left out: the reference is the population the cohort stands for."""
+    cached = cache_dir / f"reference-{_REFERENCE_FORM}-{version.data_hash}.parquet"
     if cached.exists():
         with _quiet():
             frame = pd.read_parquet(cached)
@@ -630,7 +676,7 @@ def reference_frame(
             select(TrainingSnapshot).where(col(TrainingSnapshot.content_hash) == version.data_hash)
         ).first()
         if snapshot is not None:
-            return _snapshot_reference(snapshot, data_dir=data_dir, cached=cached)
+            return _store(_snapshot_reference(snapshot, data_dir=data_dir), cached)
     params: Mapping[str, Any] = version.params
     if params.get("scenario", "None") != "None":
         raise ReferenceUnavailable("the training cohort used a scenario that cannot be rebuilt")
@@ -648,22 +694,59 @@ def reference_frame(
     if data.data_hash != version.data_hash:
         raise ReferenceUnavailable("rebuilt training data differ from the recorded data hash")
     frame = pd.DataFrame(data.X, columns=list(data.feature_names), dtype=np.float64)
-    cuffs = {p.pseudonym: p.cuff_model for p in generate_patients(n_patients, seed)}
+    patients = generate_patients(n_patients, seed)
+    cuffs = {p.pseudonym: p.cuff_model for p in patients}
     frame[DEVICE_MODEL] = [cuffs.get(str(g), "") for g in data.groups]
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    enriched = _overtreated(n_patients, seed, overtreated)
+    groups = [str(g) for g in data.groups]
+    return _store(_one_row_per_patient(frame, groups, leave_out=enriched), cached)
+
+
+# How the reference is derived from the training data; part of the cache's file name, so a
+# cache written by an earlier derivation is never read as this one's.
+_REFERENCE_FORM: Final = "patients1"
+
+
+def _overtreated(n_patients: int, seed: int, share: float) -> frozenset[str]:
+    """The pseudonyms `mlops.dataset.build` made over-treated in this cohort."""
+    return frozenset(
+        p.pseudonym
+        for i, p in enumerate(generate_patients(n_patients, seed))
+        if dataset.overtreated(i, share)
+    )
+
+
+def _one_row_per_patient(
+    frame: pd.DataFrame, groups: Sequence[str], *, leave_out: frozenset[str] = frozenset()
+) -> pd.DataFrame:
+    """One row of each patient (`groups` names each row's patient), chosen by a hash of the
+    patient: a fixed choice that keeps the training set's mix of times since enrolment."""
+    rows: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        if group not in leave_out:
+            rows.setdefault(group, []).append(i)
+    chosen = sorted(
+        members[int(hashlib.sha256(group.encode()).hexdigest()[:12], 16) % len(members)]
+        for group, members in rows.items()
+    )
+    return frame.iloc[chosen].reset_index(drop=True)
+
+
+def _store(frame: pd.DataFrame, cached: Path) -> pd.DataFrame:
+    cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(".tmp")
     frame.to_parquet(partial, index=False)
     partial.replace(cached)  # atomic: a reader never sees half a file
     return frame
 
 
-def _snapshot_reference(
-    snapshot: TrainingSnapshot, *, data_dir: Path, cached: Path
-) -> pd.DataFrame:
-    """A retrained model's reference: the rows of its training snapshot (train and holdout).
+def _snapshot_reference(snapshot: TrainingSnapshot, *, data_dir: Path) -> pd.DataFrame:
+    """A retrained model's reference: one row per patient of its training snapshot (train
+    and holdout; for a simulated cohort, without its over-treated patients).
 
     Snapshot rows carry no device model, so the reference has none: drift is still found
-    per feature and per subgroup, but not attributed to a device model against it."""
+    per feature and per subgroup; a device model's rows are compared with the whole
+    reference (see `_segments`)."""
     from mlops import snapshots  # late: mlops.snapshots imports the validation package
 
     try:
@@ -674,8 +757,13 @@ def _snapshot_reference(
         raise ReferenceUnavailable("the model was trained on another feature set")
     frame = pd.DataFrame(data.X, columns=list(data.feature_names), dtype=np.float64)
     frame[DEVICE_MODEL] = ""
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(".tmp")
-    frame.to_parquet(partial, index=False)
-    partial.replace(cached)  # atomic: a reader never sees half a file
-    return frame
+    enriched: frozenset[str] = frozenset()
+    simulation = data.meta.get("simulation") if isinstance(data.meta, dict) else None
+    if isinstance(simulation, dict):
+        try:
+            n, seed = int(simulation["n_patients"]), int(simulation["seed"])
+            share = float(simulation.get("overtreated_share", 0.1))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReferenceUnavailable("the simulated snapshot records no cohort") from exc
+        enriched = frozenset(snapshots.patient_group(p) for p in _overtreated(n, seed, share))
+    return _one_row_per_patient(frame, [str(g) for g in data.groups], leave_out=enriched)

@@ -298,6 +298,8 @@ def create_drift_report(
             "recorded_predictions": current.recorded,
         },
         "features": [c.as_dict() for c in analysis.features] if analysis else [],
+        # Regimen history (drift.PROCESS_FEATURES): reported, never alerting.
+        "process": [c.as_dict() for c in analysis.process] if analysis else [],
         "skipped": dict(analysis.skipped) if analysis else {},
         "predictions": [c.as_dict() for c in analysis.predictions] if analysis else [],
         "segments": [_segment_summary(s) for s in analysis.segments] if analysis else [],

@@ -83,7 +83,9 @@ def test_analyse_when_run_keeps_evidently_report_with_p_value_tests_corrected(
     assert any(n.startswith("DriftedColumnsCount") for n in names)
     tested = [c for c in drifted_analysis.features if c.method in P_VALUE_TESTS]
     assert tested
-    assert {c.threshold for c in tested} == {0.05 / len(drifted_analysis.features)}
+    # Corrected over every overall test, the regimen-history ones reported apart included.
+    overall = len(drifted_analysis.features) + len(drifted_analysis.process)
+    assert {c.threshold for c in tested} == {0.05 / overall}
 
 
 def test_analyse_when_reference_lacks_device_models_compares_each_with_whole_reference(
@@ -114,12 +116,12 @@ def test_analyse_when_model_outputs_given_tests_prediction_drift(
     model = _ThresholdModel()
     current = with_predictions(steady, model)
     shifted = current.copy()
-    shifted[PREDICTED_ACTION] = "increase"
+    shifted[PREDICTED_ACTION] = 1.0  # increase
     shifted["p_increase"] = 1.0
     found = analyse(shifted, with_predictions(reference, model), html=False)
     assert {c.column for c in found.predictions} == {PREDICTED_ACTION, "p_increase"}
     assert {c.column for c in found.drifted_predictions} == {PREDICTED_ACTION, "p_increase"}
-    assert set(current[PREDICTED_ACTION]) <= {"hold", "increase"}
+    assert set(current[PREDICTED_ACTION]) <= {0.0, 1.0}  # hold, increase
 
 
 def _synthetic(rows: int, rng: np.random.Generator, *, shift: float) -> pd.DataFrame:

@@ -81,11 +81,15 @@ def store(world: World) -> Callable[..., Stored]:
             if key not in ladders:
                 ladders[key] = loops.create_ladder(s, drug=p.drug, steps=list(p.ladder_mg))
             loops.start_regimen(s, patient_id=patient.id, ladder=ladders[key], step=p.start_step)
+            # Registered as the simulator's ingestion does (app.simulate): the maker apart
+            # from the model, so readings store "UA-651" and the report names "A&D UA-651".
+            maker, _, model = p.cuff_model.partition(" ")
             device, _ = devices.register(
                 s,
                 patient_id=patient.id,
                 device_class=DeviceClass.VALIDATED_CUFF,
-                model=p.cuff_model,
+                manufacturer=maker,
+                model=model,
                 firmware_version="1.0",
             )
             ids[p.pseudonym] = (patient.id, device.id)
@@ -101,7 +105,7 @@ def store(world: World) -> Callable[..., Stored]:
                         "device_id": did,
                         "batch_id": 1,
                         "device_class": "validated_cuff",
-                        "device_model": cohort_model(cohort, r.pseudonym),
+                        "device_model": cohort_model(cohort, r.pseudonym).partition(" ")[2],
                         "firmware_version": "1.0",
                         "kind": "blood_pressure",
                         "code": "85354-9",
@@ -252,7 +256,7 @@ def test_run_drift_job_when_no_model_and_no_reference_stores_no_reference(world:
 def test_reference_frame_when_model_registered_rebuilds_training_data_and_caches_it(
     world: World, tmp_path: Path
 ) -> None:
-    data = dataset.build(n_patients=12, days=21, seed=3)
+    data = dataset.build(n_patients=20, days=28, seed=3)
     version = registry.register(
         world.session,
         name=registry.TITRATION,
@@ -267,14 +271,30 @@ def test_reference_frame_when_model_registered_rebuilds_training_data_and_caches
         status=ModelStatus.PRODUCTION,
     )
     built = monitoring.reference_frame(version, cache_dir=tmp_path / "cache")
-    pd.testing.assert_frame_equal(
-        built[list(FEATURE_NAMES)], pd.DataFrame(data.X, columns=list(FEATURE_NAMES))
-    )
+    _assert_one_row_per_patient(built, data.X, data.groups, left_out={"P-0010", "P-0020"})
     assert set(built["device_model"]) <= {A_AND_D, OMRON}
     assert list((tmp_path / "cache").glob("reference-*.parquet"))
     version.data_hash = "f" * 64
     with pytest.raises(monitoring.ReferenceUnavailable, match="data hash"):
         monitoring.reference_frame(version, cache_dir=tmp_path / "other")
+
+
+def _assert_one_row_per_patient(
+    built: pd.DataFrame, X: np.ndarray, groups: np.ndarray, *, left_out: set[str]
+) -> None:
+    """`built` holds one of the training rows of each patient but those `left_out`."""
+    # A training set holds each patient at several times; counted as independent rows they
+    # made traits that never change (CKD, age band) look drifted on an unchanged cohort.
+    assert len(set(groups.tolist())) < len(groups)  # the training set repeats patients
+    rows: dict[str, list[tuple[float, ...]]] = {}
+    for g, x in zip(groups.tolist(), np.nan_to_num(X, nan=-1.0).tolist(), strict=True):
+        rows.setdefault(str(g), []).append(tuple(x))
+    kept = {g: r for g, r in rows.items() if g not in left_out}
+    assert len(kept) < len(rows)
+    values = np.nan_to_num(built[list(FEATURE_NAMES)].to_numpy(), nan=-1.0).tolist()
+    assert len(values) == len(kept)
+    owners = [next(g for g, r in kept.items() if tuple(v) in r) for v in values]
+    assert sorted(owners) == sorted(kept)
 
 
 @pytest.fixture
@@ -524,9 +544,8 @@ def test_reference_frame_when_model_retrained_on_snapshot_reads_the_snapshot(
         version, cache_dir=tmp_path / "cache", session=world.session, data_dir=tmp_path
     )
     data = snapshots.load(snapshot, data_dir=tmp_path)
-    pd.testing.assert_frame_equal(
-        built[list(FEATURE_NAMES)], pd.DataFrame(data.X, columns=list(FEATURE_NAMES))
-    )
+    overtreated = {snapshots.patient_group(f"P-{i:04d}") for i in (10, 20, 30, 40)}
+    _assert_one_row_per_patient(built, data.X, data.groups, left_out=overtreated)
     assert set(built["device_model"]) == {""}
     (tmp_path / snapshot.path).write_bytes(b"changed")
     with pytest.raises(monitoring.ReferenceUnavailable, match="snapshot"):
@@ -542,23 +561,23 @@ class _ThreeActions:
         return np.array([np.roll([0.6, 0.3, 0.1], i % 3) for i in range(len(x))])
 
 
-def test_analyse_when_predicted_action_has_three_labels_tests_it_as_categorical(
+def test_analyse_when_predicted_action_has_three_values_tests_it_as_ordinal(
     world: World, store: Callable[..., Stored], reference: pd.DataFrame
 ) -> None:
     # The stored window carries device_firmware "1.0" (text) that the reference lacks, and
-    # the predicted action takes three text values: a small sample of three values used to
-    # get K-S, declared numerical, and Evidently raised a TypeError on the text.
+    # the predicted action takes all three values: as text labels tested by K-S, Evidently
+    # raised a TypeError; as the ladder step (-1, 0, 1) it is an ordinal column like others.
     _, _, when = store(40, seed=5)
     window = monitoring.current_frame(world.session, start=when - timedelta(days=7), end=when)
     current = monitoring.with_predictions(window.frame, _ThreeActions())
     ref = monitoring.with_predictions(reference, _ThreeActions())
     assert "device_firmware" in current
     assert "device_firmware" not in ref
-    assert set(current["predicted_action"]) == {"decrease", "hold", "increase"}
+    assert set(current["predicted_action"]) == {-1.0, 0.0, 1.0}
     ref["p_increase"] = ref["p_increase"].astype(str)  # a column whose dtype differs
     analysis = monitoring.analyse(current, ref, html=False)
     by_column = {c.column: c for c in analysis.predictions}
-    assert by_column["predicted_action"].method == "chisquare"
+    assert by_column["predicted_action"].method == "ks"
     assert 0.0 <= by_column["predicted_action"].score <= 1.0
     assert "p_decrease" in by_column
     assert analysis.skipped["p_increase"] == "dtype_mismatch"

@@ -21,6 +21,7 @@ from validation.drift import (
     bonferroni,
     choose_test,
     device_label,
+    device_name,
     diabetes_or_ckd_label,
     headline,
     is_drift,
@@ -140,6 +141,22 @@ def test_diabetes_or_ckd_label_when_either_present_says_yes(
 )
 def test_device_label_when_model_blank_is_unknown(model: str | None, label: str) -> None:
     assert device_label(model) == label
+
+
+@pytest.mark.parametrize(
+    ("manufacturer", "model", "name"),
+    [
+        ("A&D", "UA-651", "A&D UA-651"),  # as readings store it: the maker on the device
+        ("", "A&D UA-651", "A&D UA-651"),
+        ("Omron", "Omron HEM-7361T", "Omron HEM-7361T"),
+        (" Omron ", " HEM-7361T ", "Omron HEM-7361T"),
+        ("", "", ""),
+    ],
+)
+def test_device_name_when_maker_stored_apart_names_model_as_reference_does(
+    manufacturer: str, model: str, name: str
+) -> None:
+    assert device_name(manufacturer, model) == name
 
 
 def _col(name: str, p: float) -> ColumnDrift:
