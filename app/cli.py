@@ -1241,6 +1241,8 @@ def reports_pack(
 ) -> None:
     """Write a month's compliance pack: every report in HTML, PDF and CSV, the verifiable
     audit-trail export and FHIR NDJSON, with a manifest signed by the audit signing key."""
+    import shutil
+
     from app.core import clock
     from reports import pack
     from reports.periods import PeriodError, parse_month, previous_month
@@ -1274,14 +1276,19 @@ def reports_pack(
             )
         except pack.PackExists as exc:
             raise CliError(str(exc)) from exc
-        _record(
-            session,
-            "report.pack",
-            resource_type="report",
-            resource_id=label,
-            details=built.audit_details(label),
-        )
-        session.commit()
+        try:
+            _record(
+                session,
+                "report.pack",
+                resource_type="report",
+                resource_id=label,
+                details=built.audit_details(label),
+            )
+            session.commit()
+        except Exception:
+            # A pack that could not be audited is not released.
+            shutil.rmtree(built.folder, ignore_errors=True)
+            raise
     if period.end > now:
         console.print(f"note: {label} has not ended; the pack covers it up to now")
     typer.echo(

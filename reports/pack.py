@@ -24,11 +24,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from app.core import clock
 from app.core.config import Settings
 from audit import keys
+from audit.models import AuditEntry, Outcome
 from reports import audit_export, exports, fhir
 from reports.catalogue import CATALOGUE
 from reports.models import Filters, Period, ReportFormat
@@ -115,6 +118,29 @@ def verify_manifest(folder: Path, public_key: Ed25519PublicKey) -> list[str]:
         f"{extra}: not in the manifest" for extra in sorted(on_disk - {i["path"] for i in listed})
     ]
     return problems
+
+
+def audited(session: Session, folder: Path) -> bool:
+    """Whether a `report.pack` audit entry records this folder's manifest (by its hash)."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return False
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    hit = session.scalars(
+        select(col(AuditEntry.seq)).where(
+            col(AuditEntry.action) == "report.pack",
+            col(AuditEntry.outcome) == Outcome.SUCCESS,
+            col(AuditEntry.details).contains(digest),
+        )
+    ).first()
+    return hit is not None
+
+
+def set_aside(folder: Path, *, now: datetime) -> Path:
+    """Move a pack folder no audit entry records out of the way (kept, hidden, for review)."""
+    aside = folder.with_name(f".{folder.name}.unaudited-{now:%Y%m%dT%H%M%SZ}")
+    folder.rename(aside)
+    return aside
 
 
 def _write(root: Path, relative: str, data: bytes, listed: list[dict[str, Any]]) -> None:

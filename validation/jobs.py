@@ -399,7 +399,8 @@ def rollout_analysis(ctx: JobContext) -> dict[str, Any]:
 def compliance_pack(ctx: JobContext) -> dict[str, Any]:
     """The previous calendar month's compliance pack (reports.pack) in
     `<data_dir>/compliance/<YYYY-MM>/`, its manifest signed, audited as `report.pack`; a
-    month whose pack is already there is left alone."""
+    month whose pack is already there and audited is left alone (one without an audit entry,
+    from a run whose commit failed, is set aside and written again)."""
     from reports import pack
     from reports.periods import previous_month
 
@@ -407,7 +408,11 @@ def compliance_pack(ctx: JobContext) -> dict[str, Any]:
     month = pack.month_label(period)
     base = pack.default_base(ctx.settings.data_dir)
     if (base / month).exists():
-        return {"month": month, "exists": True}
+        if pack.audited(ctx.session, base / month):
+            return {"month": month, "exists": True}
+        # Written by a run whose commit failed: never released as evidence; write it again.
+        aside = pack.set_aside(base / month, now=ctx.now)
+        log.warning("compliance pack %s had no audit entry; moved to %s", month, aside.name)
     key = _signing_key(ctx.settings)
     # Reports read a snapshot: on SQLite rendering every PDF must not hold the writer slot.
     with session_scope(ctx.factory.kw["bind"], readonly=True) as reader:

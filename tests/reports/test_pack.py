@@ -201,3 +201,24 @@ def test_cli_pack_when_run_writes_the_month_and_refuses_a_second_time(
 def _public(settings: Settings) -> Ed25519PublicKey:
     assert settings.signing_key_path is not None
     return load_signing_key(settings.signing_key_path).public_key()
+
+
+def test_pack_job_when_a_pack_was_never_audited_sets_it_aside_and_writes_again(
+    seeded: Seeded, engine: Engine
+) -> None:
+    """A run whose commit failed left its folder but no `report.pack` entry: the next run does
+    not take that folder for evidence."""
+    settings = seeded.world.settings
+    now = _next_month_start(seeded.period.start)
+    month = pack.month_label(previous_month(now))
+    stale = settings.data_dir / "compliance" / month
+    stale.mkdir(parents=True)
+    (stale / pack.MANIFEST).write_text('{"files": []}\n')
+    result = _run(engine, settings, now)
+    assert result.status == scheduler.SUCCEEDED, result
+    assert pack.verify_manifest(stale, _public(settings)) == []
+    (aside,) = (settings.data_dir / "compliance").glob(f".{month}.unaudited-*")
+    assert (aside / pack.MANIFEST).read_text() == '{"files": []}\n'
+    with session_factory(engine)() as s:
+        assert pack.audited(s, stale)
+        assert not pack.audited(s, aside)
