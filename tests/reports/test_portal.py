@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import zipfile
 from collections.abc import Callable
 from datetime import timedelta
+from io import BytesIO
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -17,6 +19,8 @@ from sqlmodel import col
 
 from app.core import clock
 from app.db import session_factory
+from audit import service as audit
+from audit.keys import load_signing_key
 from audit.models import AuditEntry
 from reports.periods import previous_month
 from tests.portal.conftest import sign_in
@@ -114,3 +118,22 @@ def test_reports_pages_when_not_an_auditor_are_refused(client: TestClient, seede
     preview = client.get("/portal/reports/preview", params=_form(seeded, kind="access"))
     assert preview.status_code == 403
     assert 'href="/portal/reports"' not in client.get("/portal/").text
+
+
+def test_download_when_auditor_asks_for_the_verifiable_zip_gets_it(
+    client: TestClient, seeded: Seeded
+) -> None:
+    sign_in(client, "auditor")
+    world = seeded.world
+    assert world.settings.signing_key_path is not None
+    audit.checkpoint(world.session, key=load_signing_key(world.settings.signing_key_path))
+    world.session.commit()
+    response = client.get(
+        "/portal/reports/download", params=_form(seeded, kind="audit-trail", format="zip")
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(BytesIO(response.content)) as archive:
+        assert "entries.jsonl" in archive.namelist()
+    details = json.loads(_last(seeded, "report.export").details)
+    assert (details["kind"], details["format"]) == ("audit-trail", "zip")
