@@ -345,7 +345,12 @@ def transition(
 
 
 def record_registration(
-    *, session: Session, version: ModelVersion, actor: str, now: datetime
+    *,
+    session: Session,
+    version: ModelVersion,
+    actor: str,
+    now: datetime,
+    reason: str = "registered",
 ) -> ModelTransition:
     """The first history row of a newly registered version (from nothing to its status).
 
@@ -358,7 +363,7 @@ def record_registration(
         from_status=None,
         to_status=version.status,
         actor=actor,
-        reason="registered",
+        reason=reason[:1000],
         details={"artifact_sha256": version.artifact_sha256, "data_hash": version.data_hash},
         at=now,
     )

@@ -56,11 +56,14 @@ def register(
     status: ModelStatus = ModelStatus.CANDIDATE,
     parent_version: int | None = None,
     now: datetime | None = None,
+    reason: str = "registered",
 ) -> ModelVersion:
     """Add the next version of `name`; the caller audits the registration and commits.
 
-    A version registered directly in production gets its first history row, becomes the
-    champion and retires the one it replaces (`lifecycle.record_registration`)."""
+    Every version gets its first history row (nothing -> its status, with `reason`), so the
+    change-control log says where each version came from; one registered directly in
+    production also becomes the champion and retires the one it replaces
+    (`lifecycle.record_registration`)."""
     latest = session.scalar(
         select(func.max(ModelVersion.version)).where(col(ModelVersion.name) == name)
     )
@@ -81,12 +84,13 @@ def register(
     )
     session.add(version)
     session.flush()
-    if status == ModelStatus.PRODUCTION:
-        # Straight to production (`models train-initial`): its history starts here and it
-        # becomes the champion. Other registrations write their own first history row.
-        lifecycle.record_registration(
-            session=session, version=version, actor=created_by, now=now or clock.utcnow()
-        )
+    lifecycle.record_registration(
+        session=session,
+        version=version,
+        actor=created_by,
+        now=now or clock.utcnow(),
+        reason=reason,
+    )
     return version
 
 

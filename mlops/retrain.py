@@ -601,6 +601,8 @@ def retrain(
         created_by=actor,
         status=ModelStatus.CANDIDATE,
         parent_version=parent.version if parent else None,
+        now=now,
+        reason=f"retrained: {reason}",
     )
     spend = ledger.record(
         session,

@@ -947,6 +947,7 @@ def audit_trail(story: Story, eps2: float, eps4: float, rollback: str) -> None:
             ok,
             {"parent_version": 1, "epsilon": eps2, "reason": "requested over the API"},
         ),
+        ("model.transition", v2, ml, ok, {"from": None, "to": "candidate"}),
         # 3. gates, sign-offs (and the refusals)
         ("model.validate", v2, ml, ok, {"passed": True}),
         ("model.gates", v2, ml, ok, {"passed": True, "champion_version": 1}),
@@ -976,12 +977,14 @@ def audit_trail(story: Story, eps2: float, eps4: float, rollback: str) -> None:
         ("model.alias", v2, ROLLOUT, ok, {"alias": "challenger", "from": 2, "to": None}),
         ("model.rollout.complete", v2, ROLLOUT, ok, {"retired_version": 1}),
         # 5. the worse candidate
+        ("model.transition", v3, OPERATOR, ok, {"from": None, "to": "candidate"}),
         ("model.register", v3, OPERATOR, ok, {"status": "candidate"}),
         ("model.validate", v3, ml, ok, {"passed": False}),
         ("model.gates", v3, ml, ok, {"passed": False, "champion_version": 2}),
         ("model.promote", v3, ml, failed, {"code": "not_ready"}),
         ("model.signoff", v3, ml, failed, {"code": "status_not_validated"}),
         # 6. the scheduler trains v4 and runs its gates; the sign-offs
+        ("model.transition", v4, SCHEDULER, ok, {"from": None, "to": "candidate"}),
         ("model.train", v4, SCHEDULER, ok, {"parent_version": 2, "epsilon": eps4}),
         ("model.gates", v4, SCHEDULER, ok, {"passed": True, "champion_version": 2}),
         ("model.transition", v4, SCHEDULER, ok, {"from": "candidate", "to": "validated"}),
@@ -990,6 +993,7 @@ def audit_trail(story: Story, eps2: float, eps4: float, rollback: str) -> None:
         ("model.signoff", v4, lead, ok, {"role": "clinical_lead"}),
         ("model.signed", v4, lead, ok, {"role": "clinical_lead"}),
         # 7. v5: registered, gated by the scheduler, signed off, rolled out, rolled back
+        ("model.transition", v5, OPERATOR, ok, {"from": None, "to": "candidate"}),
         ("model.register", v5, OPERATOR, ok, {"status": "candidate"}),
         ("model.gates", v5, SCHEDULER, ok, {"passed": True, "champion_version": 2}),
         ("model.transition", v5, SCHEDULER, ok, {"from": "candidate", "to": "validated"}),
@@ -1034,18 +1038,23 @@ def audit_trail(story: Story, eps2: float, eps4: float, rollback: str) -> None:
     assert all(e["actor_role"] == roles.get(e["actor"], "system") for e in trail)
 
     # Why each version changed state, and who moved it.
+    retrain_reason = "80 new clinician decisions since the last snapshot (retrain at 60)"
     history = client.get(f"{API}/history", headers=story.as_("auditor")).json()
     assert [
         (t["version"], t["from_status"], t["to_status"], t["actor"], t["reason"])
         for t in history["transitions"]
     ] == [
         (1, None, "production", OPERATOR, "registered"),
+        (2, None, "candidate", ml, "retrained: requested over the API"),
         (2, "candidate", "validated", ml, "every validation gate passed"),
         (2, "validated", "shadow", ml, "rollout 1 started: shadow beside titration:v1"),
         (2, "shadow", "canary", ROLLOUT, "rollout 1: shadow clean for the dwell; canary at 10%"),
         (2, "canary", "production", ROLLOUT, "rollout 1 completed: clean at 100% for the dwell"),
         (1, "production", "retired", ROLLOUT, "replaced by titration:v2 (rollout 1)"),
+        (3, None, "candidate", OPERATOR, "registered"),
+        (4, None, "candidate", SCHEDULER, f"retrained: {retrain_reason}"),
         (4, "candidate", "validated", SCHEDULER, "every validation gate passed"),
+        (5, None, "candidate", OPERATOR, "registered"),
         (5, "candidate", "validated", SCHEDULER, "every validation gate passed"),
         (5, "validated", "shadow", ml, "rollout 2 started: shadow beside titration:v2"),
         (5, "shadow", "canary", ROLLOUT, "rollout 2: shadow clean for the dwell; canary at 10%"),

@@ -137,7 +137,13 @@ def test_models_validate_then_signoffs_make_the_version_ready(
         actions = s.scalars(
             select(col(AuditEntry.action)).where(col(AuditEntry.resource_id) == "titration:v2")
         ).all()
-        assert actions == ["model.gates", "model.transition", "model.signed", "model.signed"]
+        assert actions == [
+            "model.transition",  # registered: nothing -> candidate
+            "model.gates",
+            "model.transition",
+            "model.signed",
+            "model.signed",
+        ]
 
 
 def test_models_signoff_when_password_wrong_refused_and_audited_as_denied(

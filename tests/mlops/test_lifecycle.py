@@ -95,9 +95,12 @@ def test_transition_when_allowed_writes_history_row_and_audit_entry(
     )
     lead.session.refresh(v)
     assert v.status == ModelStatus.VALIDATED
-    entry = lead.session.scalars(
-        select(AuditEntry).where(col(AuditEntry.action) == "model.transition")
-    ).one()
+    registered, entry = lead.session.scalars(
+        select(AuditEntry)
+        .where(col(AuditEntry.action) == "model.transition")
+        .order_by(col(AuditEntry.seq))
+    ).all()
+    assert json.loads(registered.details)["from"] is None  # the registration's own row
     assert (entry.actor_role, entry.resource_id) == ("ml_engineer", "titration:v1")
     assert json.loads(entry.details)["from"] == "candidate"
     assert json.loads(entry.details)["to"] == "validated"

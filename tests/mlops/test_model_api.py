@@ -95,7 +95,9 @@ def test_read_version_shows_lineage_and_is_audited(
         "signoff_clinical_lead",
     ]
     assert body["signoff_meanings"]["clinical_lead"] == LEAD_MEANING
-    assert body["transitions"] == []
+    assert [(t["from_status"], t["to_status"]) for t in body["transitions"]] == [
+        (None, "candidate")
+    ]
     (entry,) = _entries(registry_world, "model.read")
     assert (entry.resource_type, entry.resource_id) == ("model", "titration:v2")
 
@@ -129,7 +131,8 @@ def test_validate_when_ml_engineer_runs_gates_and_validates(
     assert detail["status"] == "validated"
     assert detail["validation_runs"][0]["run_id"] == body["run_id"]
     assert [(t["from_status"], t["to_status"]) for t in detail["transitions"]] == [
-        ("candidate", "validated")
+        (None, "candidate"),
+        ("candidate", "validated"),
     ]
     (entry,) = _entries(registry_world, "model.validate")
     assert json.loads(entry.details)["passed"] is True
@@ -246,7 +249,10 @@ def test_history_shows_intervals_and_transitions(client: TestClient, registry_wo
     body = response.json()
     assert body["champion"] == 1
     assert [(i["version"], i["end"]) for i in body["intervals"]] == [(1, None)]
-    assert [(t["version"], t["to_status"]) for t in body["transitions"]] == [(1, "production")]
+    assert [(t["version"], t["to_status"]) for t in body["transitions"]] == [
+        (1, "production"),
+        (2, "candidate"),
+    ]
     unknown = client.get(f"{BASE}/nothing/history", headers=registry_world.auth("auditor"))
     assert unknown.status_code == 404
     patient = client.get(f"{BASE}/titration/history", headers=registry_world.auth("pa1"))

@@ -244,6 +244,7 @@ def test_build_shows_lineage_signoffs_and_serving_history(world: World, history:
     assert (served["from"], served["until"]) == ("2026-11-08T09:00:00Z", "still serving")
     changes = [r["change"] for r in rows(report, "Lifecycle transitions")]
     assert changes == [
+        "none -> candidate",
         "candidate -> validated",
         "validated -> shadow",
         "shadow -> canary",
