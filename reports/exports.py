@@ -8,8 +8,6 @@ kind, format, period, filters and the SHA-256 of exactly the bytes handed out.
 from __future__ import annotations
 
 import hashlib
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -20,7 +18,7 @@ from sqlalchemy.orm import Session
 from app.core import clock
 from app.core.config import Settings
 from reports import audit_export, fhir, render, service
-from reports.models import Filters, Period, Report, ReportFormat, ReportKind
+from reports.models import Filters, Period, ReportFormat, ReportKind
 
 FHIR_TYPES: Final = ("AuditEvent", "Provenance")
 MEDIA_NDJSON: Final = "application/fhir+ndjson"
@@ -72,10 +70,6 @@ def _details(
     }
 
 
-def _takes_settings(build: Callable[..., Report]) -> bool:
-    return "settings" in inspect.signature(build).parameters
-
-
 def report_file(
     session: Session,
     *,
@@ -90,20 +84,18 @@ def report_file(
     """A report rendered in one format (the app's settings go to builders that read them:
     evidence files under the data directory, the signing key's public half)."""
     try:
-        build = service.builder(kind)
-    except ModuleNotFoundError as exc:  # a builder not deployed yet
-        detail = f"the {kind} report is not available"
-        raise ExportRefused(503, "report_unavailable", detail) from exc
-    extra: dict[str, Any] = {"settings": settings} if _takes_settings(build) else {}
-    try:
-        report = build(
+        report = service.build(
             session,
+            kind=kind,
             period=period,
             filters=filters,
             generated_by=generated_by,
             now=now,
-            **extra,
+            settings=settings,
         )
+    except ModuleNotFoundError as exc:  # a builder not deployed yet
+        detail = f"the {kind} report is not available"
+        raise ExportRefused(503, "report_unavailable", detail) from exc
     except LookupError as exc:  # e.g. a model version that does not exist
         raise ExportRefused(404, "not_found", str(exc)) from exc
     body, media_type, name = render.render(report, fmt)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy.orm import Session
 
+from app.core.config import Settings
 from reports.models import Filters, Period, Report, ReportKind
 
 # Each report is built by `build` in its own module (no I/O but database reads).
@@ -52,8 +54,13 @@ def build(
     filters: Filters,
     generated_by: str,
     now: datetime,
+    settings: Settings | None = None,
 ) -> Report:
-    """Build one report (reads only; the caller audits the export and commits)."""
-    return builder(kind)(
-        session, period=period, filters=filters, generated_by=generated_by, now=now
+    """Build one report (reads only; the caller audits the export and commits). The
+    settings go to the builders that read them (evidence files under the data directory,
+    the signing key's public half, the privacy budget)."""
+    build = builder(kind)
+    extra = {"settings": settings} if "settings" in inspect.signature(build).parameters else {}
+    return build(
+        session, period=period, filters=filters, generated_by=generated_by, now=now, **extra
     )

@@ -222,3 +222,16 @@ def test_filename_uses_kind_and_period_but_no_filter() -> None:
 
     assert name == "clinaiops-decision-log-20261101T063000Z-20261102.pdf"
     assert re.fullmatch(r"[A-Za-z0-9._-]+", name)
+
+
+def test_to_pdf_when_a_table_is_longer_than_the_cap_shows_the_first_rows_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(render, "PDF_MAX_ROWS", 5)
+    report = _report(Section("Rows", table=_table(2, 8)))
+    text = squeeze(" ".join(pdf_pages(render.to_pdf(report))))
+    assert squeeze("This PDF shows the first 5 of 8 rows") in text
+    assert "r4c0" in text
+    assert "r5c0" not in text
+    csv_body, _, _ = render.render(report, ReportFormat.CSV)
+    assert len(csv_rows(csv_body.decode())) == 8  # the CSV keeps every row
