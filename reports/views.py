@@ -67,8 +67,9 @@ def _text(value: str | None) -> str | None:
     return value.strip() or None if value is not None else None
 
 
-def _send(session: Session, access: Access, made: exports.ExportFile) -> Response:
-    """Commit the export's audit entry (a fresh transaction after the read) and answer."""
+def send_export(session: Session, access: Access, made: exports.ExportFile) -> Response:
+    """Commit the export's audit entry (a fresh transaction after the read) and answer with
+    the file as an attachment (the API and the portal both answer this way)."""
     audit.end_read(session)
     access.entry.details = made.details
     session.commit()
@@ -136,7 +137,7 @@ def export_audit_trail(
         )
     except exports.ExportRefused as exc:
         raise _refused(exc) from exc
-    return _send(session, access, made)
+    return send_export(session, access, made)
 
 
 @router.get("/fhir/{name}")
@@ -163,7 +164,7 @@ def export_fhir(
         )
     except exports.ExportRefused as exc:
         raise _refused(exc) from exc
-    return _send(session, access, made)
+    return send_export(session, access, made)
 
 
 @router.get("/{kind}")
@@ -208,4 +209,4 @@ def export_report(
         )
     except exports.ExportRefused as exc:
         raise _refused(exc) from exc
-    return _send(session, access, made)
+    return send_export(session, access, made)

@@ -25,7 +25,7 @@ from audit import service as audit
 from reports import catalogue, exports
 from reports.models import Filters, Period, ReportFormat, ReportKind
 from reports.periods import PeriodError, parse_period, previous_month
-from reports.views import filtered_patient
+from reports.views import filtered_patient, send_export
 
 _Text = Annotated[str | None, Query(max_length=100)]
 _Kind = Annotated[str | None, Query(max_length=40)]
@@ -227,14 +227,4 @@ def report_download(
         raise ProblemError(422, exc.code, exc.detail) from exc
     except exports.ExportRefused as exc:
         raise ProblemError(exc.status, exc.code, exc.detail) from exc
-    audit.end_read(session)
-    access.entry.details = made.details
-    session.commit()
-    return Response(
-        made.body,
-        media_type=made.media_type,
-        headers={
-            "content-disposition": f'attachment; filename="{made.filename}"',
-            "x-content-sha256": made.sha256,
-        },
-    )
+    return send_export(session, access, made)
