@@ -5,20 +5,17 @@ Screenshots land in the test's tmp dir."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from playwright.sync_api import Browser, expect
 
 from mlops import serving
 from mlops.models import Rollout
 from tests.conftest import CHROMIUM, PASSWORD, World
-from tests.live_server import free_port
+from tests.live_server import serve_in_thread
 from tests.mlops.rollout_setup import Rig
 from tests.portal.test_models_page import roll_back_automatically
 
@@ -42,18 +39,8 @@ def rolled_back(world: World, tmp_path: Path) -> Rollout:
 @pytest.fixture
 def served(app: FastAPI) -> Iterator[str]:
     """The test's app on a loopback port, in a thread."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app) as url:
+        yield url
 
 
 def test_model_alert_when_ml_engineer_signs_in_shows_banner_then_red_alert(

@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from playwright.sync_api import Browser, expect
 
 from tests.conftest import CHROMIUM, PASSWORD
-from tests.live_server import free_port
+from tests.live_server import serve_in_thread
 from tests.reports.conftest import Seeded, pdf_pages, squeeze
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -31,18 +28,8 @@ if not CHROMIUM.exists():
 @pytest.fixture
 def served(app: FastAPI) -> Iterator[str]:
     """The test's app on a loopback port, in a thread."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(app) as url:
+        yield url
 
 
 def test_auditor_when_previewing_the_decision_log_downloads_its_pdf(

@@ -3,19 +3,16 @@ renders inside the portal's sandboxed frame under both pages' content security p
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import PASSWORD, World
-from tests.live_server import free_port
+from tests.live_server import serve_in_thread
 from tests.validation.drift_sim import frame, simulate
 from tests.validation.test_drift_reports import Stored, _report, api, store  # noqa: F401
 from validation.models import DriftReport
@@ -30,18 +27,8 @@ if not CHROMIUM.exists():
 @pytest.fixture
 def served(api: FastAPI) -> Iterator[str]:  # noqa: F811
     """The test's app on a loopback port, in a thread."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(api) as url:
+        yield url
 
 
 def test_drift_page_when_opened_in_browser_renders_evidently_in_sandboxed_frame(
