@@ -141,6 +141,8 @@ def serve(
     upgrade(settings.database_url)
     assert settings.signing_key_path is not None
     audit_keys.create_signing_key(settings.signing_key_path)
+    if workers > 1:
+        _share_metrics(settings.data_dir / "prometheus" / str(port))
     console.print(
         f"portal: http://{host}:{port}/portal/  OpenAPI: http://{host}:{port}/openapi.json"
     )
@@ -154,6 +156,22 @@ def serve(
         server_header=False,
         log_level="info",
     )
+
+
+def _share_metrics(default_dir: Path) -> None:
+    """Let every worker write its request metrics where any worker can sum them."""
+    import os
+    import shutil
+
+    chosen = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if chosen:
+        Path(chosen).mkdir(parents=True, exist_ok=True)
+        return
+    # Emptied at start: files left by an earlier run's workers would be summed in.
+    shutil.rmtree(default_dir, ignore_errors=True)
+    default_dir.mkdir(parents=True)
+    # Set before the workers start: prometheus_client picks its mode at import.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(default_dir)
 
 
 @cli.command()

@@ -11,7 +11,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from app import health
+from app import health, metrics
 from app.auth import views as auth_views
 from app.core import errors
 from app.core.config import Settings, get_settings
@@ -75,6 +75,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 # Every router the app serves; tests walk these to prove each route is authorized.
 ROUTERS = (
     health.router,
+    metrics.router,
     device_views.fhir_router,
     auth_views.router,
     patient_views.router,
@@ -119,6 +120,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AdmissionMiddleware, limit=settings.max_concurrent_requests)
     app.add_middleware(RequestContextMiddleware)
+    # Outermost: times the whole request (admission wait included) and sees every answer.
+    request_metrics = metrics.RequestMetrics()
+    app.state.metrics_registry = metrics.build_registry(request_metrics, engine)
+    app.add_middleware(metrics.MetricsMiddleware, metrics=request_metrics)
     app.mount("/portal/static", portal_views.static, name="portal_static")
     for router in ROUTERS:
         app.include_router(router)

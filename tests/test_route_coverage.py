@@ -16,6 +16,7 @@ PUBLIC = {
     ("POST", "/api/v1/auth/token"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),  # no user route: its own bearer token (metrics_token) guards it
     ("GET", "/portal/login"),
     ("POST", "/portal/login"),
 }

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     session_max_hours: Annotated[int, Field(ge=1, le=24)] = 12
     cookie_secure: bool = True
 
+    # GET /metrics answers only `Authorization: Bearer <metrics_token>` (at least 32
+    # characters); unset, it refuses every scrape (docs/metrics.md).
+    metrics_token: str | None = None
+
     max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
     # Requests served at once per process (the rest queue); must stay below the thread pool.
     max_concurrent_requests: Annotated[int, Field(ge=1, le=1000)] = 32
@@ -185,6 +189,8 @@ class Settings(BaseSettings):
                 "CLINAIOPS_MAX_CONCURRENT_REQUESTS must be below "
                 "CLINAIOPS_THREAD_POOL_SIZE (see app/core/middleware.py)"
             )
+        if self.metrics_token is not None and len(self.metrics_token) < 32:
+            raise ValueError("CLINAIOPS_METRICS_TOKEN must be at least 32 characters")
         if self.sqlite_synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("CLINAIOPS_SQLITE_SYNCHRONOUS must be FULL, NORMAL or EXTRA")
         return self
