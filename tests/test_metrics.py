@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine
 
 from app.core.config import Settings
 from app.main import create_app
+from app.metrics import DatabaseCollector
 from audit.models import Outcome
 from loops.models import Alert
 from mlops.models import ModelAlias
@@ -149,3 +151,14 @@ def test_scrape_when_no_token_is_configured_is_refused(client: TestClient) -> No
 def test_settings_when_metrics_token_is_short_refuse_to_load(settings: Settings) -> None:
     with pytest.raises(ValidationError, match="METRICS_TOKEN"):
         Settings.model_validate({**settings.model_dump(), "metrics_token": "short"})
+
+
+def test_collector_when_database_unreachable_reports_down_without_database_metrics() -> None:
+    unreachable = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    registry = CollectorRegistry()
+    registry.register(DatabaseCollector(unreachable))
+
+    families = {f.name: f for f in registry.collect()}
+
+    assert set(families) == {"clinaiops_metrics_database_up"}
+    assert families["clinaiops_metrics_database_up"].samples[0].value == 0
