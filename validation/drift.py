@@ -468,8 +468,20 @@ def headline(
     override: OverrideSignal | None,
     drifted_predictions: Sequence[ColumnDrift],
     limit: int = 3,
+    n_current: int | None = None,
+    min_rows: int | None = None,
+    reference_error: str | None = None,
 ) -> str:
-    """One line for people: which features moved, by how much, with which test, where."""
+    """One line for people: which features moved, by how much, with which test, where; or
+    why nothing was tested (how many patients there were, why there is no reference)."""
+    if status is Status.INSUFFICIENT_DATA and n_current is not None and min_rows is not None:
+        # "Patients scored with enough readings": one evaluated without them is no row.
+        return (
+            f"Too few patients to test: {n_current} scored in the window with enough "
+            f"readings, {min_rows} needed."
+        )
+    if status is Status.NO_REFERENCE and reference_error:
+        return f"No training reference available ({reference_error}): nothing was tested."
     if status is not Status.ALERT:
         return {
             Status.OK: "No drift found.",

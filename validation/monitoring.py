@@ -374,9 +374,11 @@ def analyse(
     in_process = set(process)
     measured = [n for n in features if n not in in_process]
     segments = _segments(current, reference, measured, thresholds)
-    located, explained = _explain_away(
+    candidates, shared = _beyond_siblings(
         current, reference, segments, drift.attribute(segments), thresholds
     )
+    located, explained = _explain_away(current, reference, segments, candidates, thresholds)
+    explained = shared + explained
     in_measured = set(measured)
     return Analysis(
         n_current=len(current),
@@ -440,6 +442,68 @@ def _segments(
         results = _tests(cur, ref, _with_alpha(plan, alpha))
         found.append(SegmentDrift(dimension, value, len(cur), len(ref), scope, tuple(results)))
     return found + untested
+
+
+def _beyond_siblings(
+    current: pd.DataFrame,
+    reference: pd.DataFrame,
+    segments: Sequence[SegmentDrift],
+    candidates: Sequence[Attribution],
+    thresholds: Thresholds,
+) -> tuple[list[Attribution], list[dict[str, Any]]]:
+    """Keep a located segment's numerical features only where it moved against its siblings.
+
+    A shift shared by the whole window (a season) is tested in every segment, but a small
+    segment has less power than a large one: the large one drifts "significantly", the
+    small sibling does not, and the drift was located in the large one. Each side is
+    therefore centred on its siblings' median (the window's on the window's, the
+    reference's on the reference's) and tested again: a shared shift cancels, one segment's
+    own shift (a cuff model reading high) stays. Categorical features are kept as they are.
+    A segment left with no feature is listed as explained by its whole dimension."""
+    cur_labels, ref_labels = segment_labels(current), segment_labels(reference)
+    scopes = {(s.dimension, s.value): s.reference_scope for s in segments}
+    kept: list[Attribution] = []
+    shared: list[dict[str, Any]] = []
+    for candidate in candidates:
+        dim, value = candidate.dimension, candidate.value
+        in_cur = cur_labels[dim] == value
+        sib_cur = ~in_cur & (cur_labels[dim] != drift.UNKNOWN)
+        if scopes.get((dim, value)) == "segment":
+            in_ref = ref_labels[dim] == value
+            sib_ref = ~in_ref & (ref_labels[dim] != drift.UNKNOWN)
+        else:  # compared with all of the reference: its siblings there are all of it too
+            in_ref = pd.Series(True, index=reference.index)
+            sib_ref = ref_labels[dim] != value
+        if min(int(sib_cur.sum()), int(sib_ref.sum())) < thresholds.min_segment_rows:
+            kept.append(candidate)
+            continue
+        numerical = {
+            c.column: c
+            for c in candidate.columns
+            if c.method in (Stattest.KS, Stattest.WASSERSTEIN)
+        }
+        plan = _Plan(
+            {n: TestChoice(c.method, c.threshold, False) for n, c in numerical.items()},
+            {},
+            int(in_cur.sum()),
+            int(in_ref.sum()),
+        )
+        names = list(numerical)
+        cur = current.loc[in_cur, names] - current.loc[sib_cur, names].median()
+        ref = reference.loc[in_ref, names] - reference.loc[sib_ref, names].median()
+        moved = {c.column for c in _tests(cur, ref, plan) if c.drifted}
+        columns = tuple(
+            c for c in candidate.columns if c.column not in numerical or c.column in moved
+        )
+        if columns:
+            kept.append(
+                Attribution(dim, value, columns, candidate.steady_siblings)
+                if len(columns) < len(candidate.columns)
+                else candidate
+            )
+        else:
+            shared.append({"dimension": dim, "value": value, "explained_by": [f"all {dim}"]})
+    return kept, shared
 
 
 def _explain_away(
@@ -506,19 +570,37 @@ def _explain_away(
 # ------------------------------------------------------------------------------ predictions
 
 
-def with_predictions(frame: pd.DataFrame, model: Any) -> pd.DataFrame:
+def with_predictions(
+    frame: pd.DataFrame,
+    model: Any,
+    *,
+    regimen_from: pd.DataFrame | None = None,
+    process: Sequence[str] = drift.PROCESS_FEATURES,
+) -> pd.DataFrame:
     """The frame with the model's predicted action and probabilities added.
 
     The predicted action is its step on the ladder, -1 (decrease), 0 (hold) or 1 (increase):
     the actions are ordered, and as a number it gets K-S like the other few-valued ordinal
     columns. As text labels it got chi-square, whose expected counts come from the reference:
-    a decrease never predicted on the reference but predicted once now scored p = 0."""
+    a decrease never predicted on the reference but predicted once now scored p = 0.
+
+    With `regimen_from` (the reference), each row is scored with the regimen-history
+    (`process`) features of a row drawn from it (a fixed draw), not its own; called so on
+    both sides, the outputs then differ only as the patients' measured features do. The
+    regimen history is the clinic's titration pace, which differs from a training cohort's
+    from the first day and moves the outputs with it (more increases for patients lower on
+    their ladder): reported apart, it must not alert through the outputs either."""
     out = frame.copy()
     if frame.empty:
         for name in PREDICTION_COLUMNS:
             out[name] = pd.Series(dtype=float)
         return out
-    probs = np.asarray(model.predict_proba(frame[list(FEATURE_NAMES)].to_numpy(np.float64)))
+    scored = frame[list(FEATURE_NAMES)].copy()
+    if regimen_from is not None and not regimen_from.empty:
+        columns = [n for n in process if n in scored]
+        draw = np.random.default_rng(0).integers(0, len(regimen_from), len(scored))
+        scored[columns] = regimen_from[columns].to_numpy()[draw]
+    probs = np.asarray(model.predict_proba(scored.to_numpy(np.float64)))
     steps = np.array([_STEP[a] for a in dataset.ACTIONS])
     out[PREDICTED_ACTION] = steps[probs.argmax(axis=1)]
     out["p_decrease"] = probs[:, 0]

@@ -259,8 +259,10 @@ def create_drift_report(
     analysis = None
     if reference is not None:
         if served is not None:
-            frame = monitoring.with_predictions(frame, served)
-            reference = monitoring.with_predictions(reference, served)
+            # Both scored with regimen histories drawn from the reference: the outputs
+            # move with the patients' measured features, not the clinic's titration pace.
+            frame = monitoring.with_predictions(frame, served, regimen_from=reference)
+            reference = monitoring.with_predictions(reference, served, regimen_from=reference)
         analysis = monitoring.analyse(frame, reference, thresholds=thresholds)
     over_now = monitoring.override_counts(session, start=start, end=now)
     over_before = monitoring.override_counts(session, start=start - window, end=start)
@@ -313,6 +315,9 @@ def create_drift_report(
         attributions=attributions,
         override=override,
         drifted_predictions=predictions,
+        n_current=len(frame),
+        min_rows=thresholds.min_rows,
+        reference_error=reference_error,
     )
     report = DriftReport(
         created_at=now,

@@ -95,3 +95,63 @@ def test_analyse_when_decrease_predicted_only_in_window_finds_no_prediction_drif
     (action,) = [c for c in found.predictions if c.column == PREDICTED_ACTION]
     assert action.method == "ks"
     assert not action.drifted
+
+
+def _unequal_devices(rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A reference and a window where seven patients in ten use the Omron cuff."""
+    frames = []
+    for rows in (300, 600):
+        frame = _population(rows, rng, diabetic_share=0.25)
+        frame["device_model"] = np.where(rng.random(rows) < 0.7, "Omron HEM-7361T", "A&D UA-651")
+        frames.append(frame)
+    return frames[0], frames[1]
+
+
+def test_analyse_when_whole_window_shifts_locates_it_in_no_segment() -> None:
+    # A season moves every patient's trend; the larger device segment has the power to
+    # call it significant, the smaller one not: the drift was located in the larger one.
+    reference, current = _unequal_devices(np.random.default_rng(1))
+    current["cuff_sbp_slope_14d"] += 0.5
+    found = analyse(current, reference, html=False)
+    assert [c.column for c in found.drifted_features] == ["cuff_sbp_slope_14d"]
+    assert found.attributions == []
+    assert {"dimension": "device_model", "value": "Omron HEM-7361T"} in [
+        {k: e[k] for k in ("dimension", "value")} for e in found.explained
+    ]
+
+
+def test_analyse_when_smaller_device_segment_shifts_still_locates_it() -> None:
+    reference, current = _unequal_devices(np.random.default_rng(1))
+    current.loc[current["device_model"] == "A&D UA-651", "cuff_dbp_mean_7d"] += 1.0
+    found = analyse(current, reference, html=False)
+    assert [(a.dimension, a.value) for a in found.attributions] == [("device_model", "A&D UA-651")]
+    assert [c.column for c in found.attributions[0].columns] == ["cuff_dbp_mean_7d"]
+
+
+class _IncreaseLowOnLadder:
+    """Increase for patients low on their ladder, else hold (as a model weighs the room left)."""
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        low = (x[:, FEATURE_NAMES.index("ladder_position")] < 0.0).astype(float)
+        return np.column_stack([np.zeros(len(x)), 1 - low, low])
+
+
+def test_with_predictions_when_regimen_from_reference_ignores_titration_pace() -> None:
+    # A retrained champion on an unchanged cohort: the clinic titrates slower than the
+    # training cohort did, so more patients are low on their ladder and the model proposes
+    # more increases. Scored with the reference's regimen histories on both sides, the
+    # outputs move only with what is measured on the patients.
+    rng = np.random.default_rng(13)
+    reference = _population(200, rng, diabetic_share=0.25)
+    current = _population(300, rng, diabetic_share=0.25)
+    current["ladder_position"] -= 1.0
+    model = _IncreaseLowOnLadder()
+    raw = analyse(with_predictions(current, model), with_predictions(reference, model), html=False)
+    assert {c.column for c in raw.drifted_predictions} >= {PREDICTED_ACTION, "p_increase"}
+    found = analyse(
+        with_predictions(current, model, regimen_from=reference),
+        with_predictions(reference, model, regimen_from=reference),
+        html=False,
+    )
+    assert found.drifted_predictions == []
+    assert found.drifted_features == []

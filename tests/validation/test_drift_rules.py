@@ -339,6 +339,25 @@ def test_headline_when_no_alert_says_why(status: Status) -> None:
     assert "Drift:" not in text
 
 
+def test_headline_when_nothing_tested_gives_counts_and_reason() -> None:
+    # Seen on a 12-patient demo and a window whose one evaluation had too few readings:
+    # "too few evaluated patients" said neither how many nor how many were needed.
+    quiet = {"drifted_features": [], "attributions": [], "override": None}
+    thin = headline(
+        Status.INSUFFICIENT_DATA, **quiet, drifted_predictions=[], n_current=12, min_rows=30
+    )
+    assert (
+        thin == "Too few patients to test: 12 scored in the window with enough readings, 30 needed."
+    )
+    lost = headline(
+        Status.NO_REFERENCE,
+        **quiet,
+        drifted_predictions=[],
+        reference_error="the training cohort used a scenario that cannot be rebuilt",
+    )
+    assert "scenario that cannot be rebuilt" in lost
+
+
 @pytest.mark.parametrize(
     "kw",
     [
