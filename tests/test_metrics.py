@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
@@ -14,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 from sqlalchemy import Engine, create_engine
 
+from app.cli import _share_metrics
 from app.core.config import Settings
 from app.main import create_app
 from app.metrics import DatabaseCollector
@@ -162,3 +165,30 @@ def test_collector_when_database_unreachable_reports_down_without_database_metri
 
     assert set(families) == {"clinaiops_metrics_database_up"}
     assert families["clinaiops_metrics_database_up"].samples[0].value == 0
+
+
+def test_share_metrics_when_no_dir_is_set_empties_and_points_at_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    default = tmp_path / "prometheus" / "8000"
+    default.mkdir(parents=True)
+    (default / "counter_123.db").write_bytes(b"left by an earlier run")
+
+    _share_metrics(default)
+
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(default)
+    assert list(default.iterdir()) == []
+
+
+def test_share_metrics_when_dir_is_set_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chosen = tmp_path / "chosen"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(chosen))
+
+    _share_metrics(tmp_path / "default")
+
+    assert chosen.is_dir()
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(chosen)
+    assert not (tmp_path / "default").exists()
