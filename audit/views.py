@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlmodel import col
 
-from app.api.deps import Access, SessionDep, require
+from app.api.deps import MAX_DB_INT, Access, SessionDep, require
 from app.core.errors import ProblemError
 from audit import keys, service
 from audit.models import AuditEntry
@@ -63,7 +63,7 @@ class Proof(BaseModel):
 def list_entries(
     session: SessionDep,
     access: Annotated[Access, require("audit", "read")],
-    after_seq: Annotated[int, Query(ge=0)] = 0,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     patient_id: Annotated[str | None, Query(max_length=36)] = None,
     actor: Annotated[str | None, Query(max_length=100)] = None,
@@ -123,8 +123,8 @@ def create_checkpoint(
 def inclusion_proof(
     session: SessionDep,
     access: Annotated[Access, require("audit_proof", "read")],
-    seq: Annotated[int, Query(ge=1)],
-    tree_size: Annotated[int, Query(ge=1)],
+    seq: Annotated[int, Query(ge=1, le=MAX_DB_INT)],
+    tree_size: Annotated[int, Query(ge=1, le=MAX_DB_INT)],
 ) -> Proof:
     """Prove entry `seq` is in the tree of `tree_size` entries."""
     try:
@@ -146,8 +146,8 @@ def inclusion_proof(
 def consistency_proof(
     session: SessionDep,
     access: Annotated[Access, require("audit_proof", "read")],
-    first: Annotated[int, Query(ge=1)],
-    second: Annotated[int, Query(ge=1)],
+    first: Annotated[int, Query(ge=1, le=MAX_DB_INT)],
+    second: Annotated[int, Query(ge=1, le=MAX_DB_INT)],
 ) -> Proof:
     """Prove the tree of `first` entries is a prefix of the tree of `second`."""
     try:
@@ -163,8 +163,8 @@ def consistency_proof(
 def export_entries(
     session: SessionDep,
     access: Annotated[Access, require("audit_export", "read")],
-    from_seq: Annotated[int, Query(ge=1)] = 1,
-    to_seq: Annotated[int | None, Query(ge=1)] = None,
+    from_seq: Annotated[int, Query(ge=1, le=MAX_DB_INT)] = 1,
+    to_seq: Annotated[int | None, Query(ge=1, le=MAX_DB_INT)] = None,
 ) -> StreamingResponse:
     """Entries covered by the latest tree head, as JSON Lines with inclusion proofs.
 

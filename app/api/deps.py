@@ -304,6 +304,9 @@ AUTHZ_MARK = "__clinaiops_authz__"
 PatientResolver = Callable[[Session, Request, Principal], str | None]
 # A patient id no record has: an unresolvable object is out of every scope (404).
 _UNRESOLVED = "00000000-0000-0000-0000-000000000000"
+# The largest integer the database stores (signed 64 bits): ids, offsets and sequence numbers
+# are bounded by it, so a larger one is a 422, not an overflow while binding it (a 500).
+MAX_DB_INT = 2**63 - 1
 _ID_MAX = 36  # patient ids are UUIDs (the audit log's patient_id column holds 36 characters)
 
 

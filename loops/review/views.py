@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from app.api.deps import Access, SessionDep, SettingsDep, require
+from app.api.deps import MAX_DB_INT, Access, SessionDep, SettingsDep, require
 from app.auth.principal import Principal
 from app.core import clock
 from app.core.errors import ProblemError
@@ -288,7 +288,7 @@ def review_queue(
     settings: SettingsDep,
     access: Annotated[Access, require("proposal", "review", listing=True, audit_as="review.queue")],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
 ) -> QueuePage:
     """Proposals waiting for review among the caller's patients, by risk, then age."""
     items, total = service.queue(
