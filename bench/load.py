@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +97,20 @@ def pg_query(url: str, sql: str) -> list[tuple[Any, ...]]:
         return list(conn.execute(sql).fetchall())  # type: ignore[arg-type]
 
 
-def restart_postgres() -> float:
+def restart_postgres(port: str) -> float:
     """Restart the local PostgreSQL cluster; returns the outage in seconds."""
     if os.geteuid() != 0:
         raise RuntimeError("restarting PostgreSQL needs root")
     t0 = time.monotonic()
-    if shutil.which("pg_ctlcluster"):
-        cmd = ["pg_ctlcluster", "15", "main", "restart", "-m", "fast"]
+    if shutil.which("pg_lsclusters") and shutil.which("pg_ctlcluster"):
+        # The Debian cluster on port 5432 (e.g. `15 main`).
+        listing = subprocess.run(
+            ["pg_lsclusters", "-h"], check=True, capture_output=True, text=True, timeout=30
+        ).stdout
+        version, cluster = next(
+            (f[0], f[1]) for f in (line.split() for line in listing.splitlines()) if f[2] == port
+        )
+        cmd = ["pg_ctlcluster", version, cluster, "restart", "-m", "fast"]
     else:
         cmd = ["service", "postgresql", "restart"]
     subprocess.run(cmd, check=True, timeout=120, capture_output=True)
@@ -204,8 +212,8 @@ async def drive(
     await cluster.close()
     for r in results:
         if isinstance(r, BaseException):
-            log(f"a driver failed: {r!r}")
-            stats.transport_errors[f"driver:{type(r).__name__}"] += 1
+            log(f"a driver or fault failed: {r!r}")
+            stats.driver_failures.append(repr(r))
     return time.monotonic() - t0
 
 
@@ -332,13 +340,21 @@ def reconcile(url: str, stats: Stats, env: dict[str, str], workdir: Path) -> lis
         url, "SELECT count(*) FROM job_runs WHERE job = 'audit_checkpoint' AND status = 'succeeded'"
     )
     taken_over = pg_query(url, "SELECT job, period, attempts FROM job_runs WHERE attempts > 1")
+    not_succeeded = pg_query(
+        url, "SELECT job, period, status, details FROM job_runs WHERE status <> 'succeeded'"
+    )
     check(
         "each job firing ran once",
         not twice and succeeded_runs == len(finished) and checkpoints <= cp_runs,
         f"runs {runs}; succeeded runs {succeeded_runs} = "
         f"(job, period)s with a succeeded job.finish {len(finished)}, twice {twice}; "
         f"signed tree heads {checkpoints} "
-        f"<= checkpoint runs {cp_runs}; taken over: {taken_over}",
+        f"<= checkpoint runs {cp_runs}; taken over: {taken_over}; not succeeded: {not_succeeded}",
+    )
+    check(
+        "every driver and fault ran to its end",
+        not stats.driver_failures,
+        f"{len(stats.driver_failures)} failed: {stats.driver_failures[:3]}",
     )
     verify = subprocess.run(
         [str(CLINAIOPS), "audit", "verify"],
@@ -364,10 +380,13 @@ def main() -> int:
     parser.add_argument("--patients", type=int, default=50, help="patients who log in and poll")
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--tag", default=str(os.getpid()), help="ends the database's name")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = parser.parse_args()
     duration = 60.0 if args.short else args.duration
-    name = f"clinaiops_load_{int(time.time())}_{os.getpid()}"
+    if not args.tag.isascii() or not args.tag.isalnum():
+        parser.error("--tag: letters and digits only")
+    name = f"clinaiops_load_{int(time.time())}_{args.tag}"
     url = make_url(args.server).set(database=name).render_as_string(hide_password=False)
     workdir = Path(tempfile.mkdtemp(prefix="clinaiops-load-"))
     env = settings_env(url, workdir / "var")
@@ -403,8 +422,11 @@ def main() -> int:
             f"seeded {args.devices} patients and devices, {args.clinicians} clinicians, "
             f"{seeded.proposals} proposals in {time.monotonic() - t:.1f} s"
         )
-        for _ in range(args.replicas):
-            replicas.append(LiveServer(args=["serve"], env=env, cwd=workdir).start(timeout=120))
+        replicas.extend(
+            LiveServer(args=["serve"], env=env, cwd=workdir) for _ in range(args.replicas)
+        )
+        with ThreadPoolExecutor(args.replicas) as pool:
+            list(pool.map(lambda r: r.start(timeout=180), replicas))
         schedulers.append(Scheduler(env, workdir, 1))
         log(f"replicas on {[r.port for r in replicas]}; scheduler pid {schedulers[0].process.pid}")
         events: list[str] = []
@@ -415,19 +437,25 @@ def main() -> int:
             async def at(fraction: float) -> None:
                 await asyncio.sleep(max(0.0, t0 + fraction * length - time.monotonic()))
 
-            victim = replicas[-1]
+            async def kill_replica() -> None:
+                victim = replicas[-1]
+                await at(0.35)
+                victim.kill()
+                note(f"SIGKILL replica :{victim.port}")
+                await asyncio.sleep(5.0)
+                await loop.run_in_executor(None, lambda: victim.start(timeout=120))
+                note(f"replica :{victim.port} restarted")
+
+            def note(what: str) -> None:
+                events.append(f"{time.monotonic() - t0:.0f} s: {what}")
+                log(events[-1])
+
+            replica_fault = asyncio.create_task(kill_replica())
             await at(0.2)
-            victim.kill()
-            events.append(f"{time.monotonic() - t0:.0f} s: SIGKILL replica :{victim.port}")
-            log(events[-1])
-            await asyncio.sleep(min(10.0, length * 0.1))
-            await loop.run_in_executor(None, lambda: victim.start(timeout=120))
-            events.append(f"{time.monotonic() - t0:.0f} s: replica :{victim.port} restarted")
-            log(events[-1])
-            await at(0.45)
-            outage = await loop.run_in_executor(None, restart_postgres)
-            events.append(f"{time.monotonic() - t0:.0f} s: PostgreSQL restarted ({outage:.1f} s)")
-            log(events[-1])
+            outage = await loop.run_in_executor(
+                None, lambda: restart_postgres(str(make_url(args.server).port or 5432))
+            )
+            note(f"PostgreSQL restarted ({outage:.1f} s)")
             await at(0.65)
             # Catch the scheduler while it holds a lease (bounded wait), then SIGKILL it.
             old = schedulers[-1]
@@ -447,11 +475,11 @@ def main() -> int:
                 await asyncio.sleep(0.05)
             old.kill()
             schedulers.append(Scheduler(env, workdir, len(schedulers) + 1))
-            events.append(
-                f"{time.monotonic() - t0:.0f} s: SIGKILL scheduler pid {old.process.pid}{holding};"
+            note(
+                f"SIGKILL scheduler pid {old.process.pid}{holding};"
                 f" started pid {schedulers[-1].process.pid}"
             )
-            log(events[-1])
+            await replica_fault
 
         stats = Stats()
         bases = [r.base_url for r in replicas]
@@ -460,7 +488,7 @@ def main() -> int:
             drive(bases, seeded, duration, faults if args.faults else None, stats, args.seed)
         )
         # Let leases of killed holders lapse and a later firing take their runs over.
-        time.sleep(8 if args.faults else 2)
+        time.sleep(15 if args.faults else 2)
         for s in schedulers:
             s.stop()
         for r in replicas:
@@ -469,6 +497,15 @@ def main() -> int:
         if events:
             print("\nfaults:\n  " + "\n  ".join(events))
         failures = reconcile(url, stats, env, workdir)
+        # The anchor measured here and now: bench/ingest.py's raw insert loop, same database.
+        from ingest import raw_insert_rate
+
+        raw = raw_insert_rate(url, rows=20_000)
+        print(
+            f"\nraw inserts/s (bench/ingest.py's executemany of the same reading rows, this "
+            f"machine, this database, after the run): {raw:,.0f}; the load's stored readings/s: "
+            f"{stats.sent_entries / elapsed:,.1f}"
+        )
         print(f"\n{'PASS' if not failures else 'FAIL: ' + ', '.join(failures)}")
     finally:
         for s in schedulers:

@@ -52,6 +52,7 @@ class Stats:
     claims: int = 0
     # Patients.
     polls: int = 0
+    driver_failures: list[str] = field(default_factory=list)
 
     def record(self, group: str, status: int, seconds: float) -> None:
         """One answered request."""
