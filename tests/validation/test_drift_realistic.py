@@ -155,3 +155,20 @@ def test_with_predictions_when_regimen_from_reference_ignores_titration_pace() -
     )
     assert found.drifted_predictions == []
     assert found.drifted_features == []
+
+
+def test_analyse_when_window_column_all_missing_or_constant_skips_or_tests_it() -> None:
+    # A clinic without wearables: every cuffless feature missing in the window, its
+    # missingness flag constant (1) there and 0 in training; flags constant on both sides.
+    rng = np.random.default_rng(17)
+    reference = _population(200, rng, diabetic_share=0.25)
+    current = _population(300, rng, diabetic_share=0.25)
+    current["cuffless_sbp_mean_7d"] = np.nan
+    reference["cuffless_sbp_mean_7d_missing"] = 0.0
+    current["cuffless_sbp_mean_7d_missing"] = 1.0
+    reference["cuff_sbp_mean_7d_missing"] = current["cuff_sbp_mean_7d_missing"] = 0.0
+    found = analyse(current, reference, html=False)
+    assert found.skipped["cuffless_sbp_mean_7d"] == "too_few_values"
+    assert found.skipped["cuff_sbp_mean_7d_missing"] == "constant"
+    (flag,) = [c for c in found.features if c.column == "cuffless_sbp_mean_7d_missing"]
+    assert (flag.method, flag.drifted) == ("z", True)
