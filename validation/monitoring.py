@@ -325,6 +325,8 @@ class Analysis:
     html: str | None = None
     # The regimen-history features' tests (`drift.PROCESS_FEATURES`): reported, never alerting.
     process: list[ColumnDrift] = field(default_factory=list)
+    # Segments whose drift its siblings share (a shift of the whole window): not located.
+    shared: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def drifted_features(self) -> list[ColumnDrift]:
@@ -378,7 +380,6 @@ def analyse(
         current, reference, segments, drift.attribute(segments), thresholds
     )
     located, explained = _explain_away(current, reference, segments, candidates, thresholds)
-    explained = shared + explained
     in_measured = set(measured)
     return Analysis(
         n_current=len(current),
@@ -392,6 +393,7 @@ def analyse(
         evidently=document,
         html=page,
         process=[c for c in tested if c.column in in_process],
+        shared=shared,
     )
 
 
@@ -459,7 +461,7 @@ def _beyond_siblings(
     therefore centred on its siblings' median (the window's on the window's, the
     reference's on the reference's) and tested again: a shared shift cancels, one segment's
     own shift (a cuff model reading high) stays. Categorical features are kept as they are.
-    A segment left with no feature is listed as explained by its whole dimension."""
+    A segment left with no feature is returned apart, with the features it shares."""
     cur_labels, ref_labels = segment_labels(current), segment_labels(reference)
     scopes = {(s.dimension, s.value): s.reference_scope for s in segments}
     kept: list[Attribution] = []
@@ -502,7 +504,7 @@ def _beyond_siblings(
                 else candidate
             )
         else:
-            shared.append({"dimension": dim, "value": value, "explained_by": [f"all {dim}"]})
+            shared.append({"dimension": dim, "value": value, "features": sorted(numerical)})
     return kept, shared
 
 

@@ -307,6 +307,8 @@ def create_drift_report(
         "segments": [_segment_summary(s) for s in analysis.segments] if analysis else [],
         "attributions": [a.as_dict() for a in attributions],
         "explained": list(analysis.explained) if analysis else [],
+        # Drifted in a segment, but as much in its siblings: the whole window moved.
+        "shared": list(analysis.shared) if analysis else [],
         "override": override.as_dict(),
     }
     text = drift.headline(

@@ -115,9 +115,11 @@ def test_analyse_when_whole_window_shifts_locates_it_in_no_segment() -> None:
     found = analyse(current, reference, html=False)
     assert [c.column for c in found.drifted_features] == ["cuff_sbp_slope_14d"]
     assert found.attributions == []
-    assert {"dimension": "device_model", "value": "Omron HEM-7361T"} in [
-        {k: e[k] for k in ("dimension", "value")} for e in found.explained
-    ]
+    assert {
+        "dimension": "device_model",
+        "value": "Omron HEM-7361T",
+        "features": ["cuff_sbp_slope_14d"],
+    } in found.shared
 
 
 def test_analyse_when_smaller_device_segment_shifts_still_locates_it() -> None:
