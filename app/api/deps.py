@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
@@ -398,6 +399,41 @@ def query_patient(session: Session, request: Request, principal: Principal) -> s
     caller's own record (a patient searching their own data)."""
     asked = request.query_params.get("patient")
     return asked.removeprefix("Patient/") if asked else principal.patient_id
+
+
+def _authz_call(dependant: Dependant) -> Callable[..., Access] | None:
+    """The route's require() dependency, wherever it sits in the dependency tree."""
+    for dep in dependant.dependencies:
+        if getattr(dep.call, AUTHZ_MARK, None) is not None:
+            return cast(Callable[..., Access], dep.call)
+        found = _authz_call(dep)
+        if found is not None:
+            return found
+    return None
+
+
+def authorize_unread_body(request: Request, exc: Exception) -> ProblemError | None:
+    """Run the route's require() for a request refused before its dependencies (a body that is
+    not JSON): returns the denial (audited) to answer instead, or None once the granted act is
+    audited as failed with the refusal's code."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    call = _authz_call(dependant) if isinstance(dependant, Dependant) else None
+    if call is None:
+        return None
+    sessions = cast(Generator[Session, None, None], get_session(request))
+    session = next(sessions)
+    try:
+        # No form to read a CSRF token from: the body is JSON, or meant to be.
+        call(request, session, request.app.state.settings, None)
+    except ProblemError as denial:
+        sessions.close()
+        return denial
+    try:
+        sessions.throw(exc)  # get_session records the act as failed, then re-raises
+    except type(exc):
+        pass
+    return None
 
 
 def public_route(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -8,6 +8,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.context import current_request_id
@@ -77,6 +78,12 @@ def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
     return "/".join(str(part) for part in loc)
 
 
+async def _authorize_unread_body(request: Request, exc: Exception) -> ProblemError | None:
+    from app.api.deps import authorize_unread_body  # app.api imports this module
+
+    return await run_in_threadpool(authorize_unread_body, request, exc)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into problem+json, and document them."""
     from app.core import openapi  # imports this module
@@ -96,13 +103,24 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # A JSON body that is not UTF-8, refused before any dependency ran (see below).
+            denial = await _authorize_unread_body(request, exc)
+            if denial is not None:
+                return await _problem(request, denial)
         code = STATUS_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else code
         return problem_response(exc.status_code, code, detail, headers=dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        if any(err.get("type") == "json_invalid" for err in exc.errors()):
+            # FastAPI refuses a body that is not JSON before any dependency runs: decide the
+            # caller's access first, so a stranger gets 401 and every answer is audited.
+            denial = await _authorize_unread_body(request, exc)
+            if denial is not None:
+                return await _problem(request, denial)
         errors = [
             {
                 "path": _loc(err.get("loc", ())),

@@ -123,20 +123,51 @@ def test_write_when_body_is_malformed_is_4xx_problem_and_changes_nothing(
     assert snapshot(short, scene.pid("pa1")) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FastAPI parses a JSON body before it runs any dependency, so a body that is not "
-    "JSON is answered 422 before require() authenticates or audits: no entry, and an "
-    "anonymous caller gets 422, not 401 (app/api/deps.py; left to the foundation's owner)",
-)
-@pytest.mark.parametrize("who", ["pa1", "anonymous"])
+NOT_JSON = [
+    pytest.param(b'{"kind": ', id="truncated"),
+    pytest.param(b'{"kind": "sleep", "note": "\xff\xfe"}', id="invalid-utf8"),
+    pytest.param(b'{"kind": "sleep", "target_value": NaN}', id="nan"),
+]
+
+
+@pytest.mark.parametrize("content", NOT_JSON)
+@pytest.mark.parametrize("who", ["pa1", "pb1", "clina", "anonymous"])
 def test_write_when_body_is_not_json_is_authenticated_and_audited_once(
-    scene: Scene, as_: Callable[[str], Caller], engine: Engine, who: str
+    scene: Scene, as_: Callable[[str], Caller], engine: Engine, who: str, content: bytes
+) -> None:
+    # Access is decided before the body is read: a stranger 401, a clinician (no record of
+    # their own) 404; then a body that is not UTF-8 is 400, one that is not JSON 422.
+    unreadable = 400 if content == NOT_JSON[1].values[0] else 422
+    expected = {"anonymous": 401, "clina": 404}.get(who, unreadable)
+    n = acts(engine)
+    r = as_(who)("POST", "/api/v1/me/goals", content=content, headers={"content-type": JSON})
+    assert_problem(r, expected)
+    assert acts(engine) == n + 1
+
+
+@pytest.mark.parametrize("content", NOT_JSON)
+def test_team_write_when_body_is_not_json_and_patient_is_not_theirs_is_404(
+    scene: Scene, as_: Callable[[str], Caller], engine: Engine, content: bytes
 ) -> None:
     n = acts(engine)
-    r = as_(who)("POST", "/api/v1/me/goals", content=b'{"kind": ', headers={"content-type": JSON})
-    assert_problem(r, 401 if who == "anonymous" else 422)
+    r = as_("clinb")(
+        "POST",
+        f"/api/v1/patients/{scene.pid('pa1')}/goals",
+        content=content,
+        headers={"content-type": JSON},
+    )
+    assert_problem(r, 404)
     assert acts(engine) == n + 1
+
+
+def test_write_when_body_is_not_utf8_and_caller_is_allowed_is_audited_as_failed(
+    scene: Scene, as_: Callable[[str], Caller], audits: Callable[..., int]
+) -> None:
+    r = as_("pa1")(
+        "POST", "/api/v1/me/goals", content=NOT_JSON[1].values[0], headers={"content-type": JSON}
+    )
+    assert_problem(r, 400)
+    assert audits(action="goal.propose", outcome="failure") == 1
 
 
 def test_write_when_body_fails_schema_is_audited_once(
