@@ -453,15 +453,17 @@ def _beyond_siblings(
     candidates: Sequence[Attribution],
     thresholds: Thresholds,
 ) -> tuple[list[Attribution], list[dict[str, Any]]]:
-    """Keep a located segment's numerical features only where it moved against its siblings.
+    """Keep a located segment only if it moved against its siblings.
 
     A shift shared by the whole window (a season) is tested in every segment, but a small
     segment has less power than a large one: the large one drifts "significantly", the
     small sibling does not, and the drift was located in the large one. Each side is
     therefore centred on its siblings' median (the window's on the window's, the
-    reference's on the reference's) and tested again: a shared shift cancels, one segment's
-    own shift (a cuff model reading high) stays. Categorical features are kept as they are.
-    A segment left with no feature is returned apart, with the features it shares."""
+    reference's on the reference's) and its numerical features tested again: a shared shift
+    cancels, one segment's own shift (a cuff model reading high) stays. A segment with a
+    located categorical feature, or a numerical one that stays, keeps all its features (with
+    their first scores: the centring adds the medians' noise and only decides); the others
+    are returned apart, with the features they share with their siblings."""
     cur_labels, ref_labels = segment_labels(current), segment_labels(reference)
     scopes = {(s.dimension, s.value): s.reference_scope for s in segments}
     kept: list[Attribution] = []
@@ -493,16 +495,9 @@ def _beyond_siblings(
         names = list(numerical)
         cur = current.loc[in_cur, names] - current.loc[sib_cur, names].median()
         ref = reference.loc[in_ref, names] - reference.loc[sib_ref, names].median()
-        moved = {c.column for c in _tests(cur, ref, plan) if c.drifted}
-        columns = tuple(
-            c for c in candidate.columns if c.column not in numerical or c.column in moved
-        )
-        if columns:
-            kept.append(
-                Attribution(dim, value, columns, candidate.steady_siblings)
-                if len(columns) < len(candidate.columns)
-                else candidate
-            )
+        categorical = len(numerical) < len(candidate.columns)
+        if categorical or any(c.drifted for c in _tests(cur, ref, plan)):
+            kept.append(candidate)
         else:
             shared.append({"dimension": dim, "value": value, "features": sorted(numerical)})
     return kept, shared
