@@ -381,6 +381,7 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--tag", default=str(os.getpid()), help="ends the database's name")
+    parser.add_argument("--workdir", help="for the logs and data folder (default: a new temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = parser.parse_args()
     duration = 60.0 if args.short else args.duration
@@ -388,7 +389,11 @@ def main() -> int:
         parser.error("--tag: letters and digits only")
     name = f"clinaiops_load_{int(time.time())}_{args.tag}"
     url = make_url(args.server).set(database=name).render_as_string(hide_password=False)
-    workdir = Path(tempfile.mkdtemp(prefix="clinaiops-load-"))
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="clinaiops-load-"))
     env = settings_env(url, workdir / "var")
     replicas: list[LiveServer] = []
     schedulers: list[Scheduler] = []
@@ -503,7 +508,7 @@ def main() -> int:
         raw = raw_insert_rate(url, rows=20_000)
         print(
             f"\nraw inserts/s (bench/ingest.py's executemany of the same reading rows, this "
-            f"machine, this database, after the run): {raw:,.0f}; the load's stored readings/s: "
+            f"machine, this database, after the run): {raw:,.0f}; readings/s sent in the load: "
             f"{stats.sent_entries / elapsed:,.1f}"
         )
         print(f"\n{'PASS' if not failures else 'FAIL: ' + ', '.join(failures)}")
