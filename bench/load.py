@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,7 @@ async def drive(
     cluster = Cluster(bases, stats, concurrency=48)
     start = now_utc().replace(microsecond=0) - __import__("datetime").timedelta(days=20)
     t0 = time.monotonic()
+    stats.t0 = t0
     stop_at = t0 + duration
     devices = [
         Device(index=i, key=k, rng=random.Random(seed_value * 100_003 + i))
@@ -234,6 +236,10 @@ def report(stats: Stats, elapsed: float) -> int:
         f"retries {stats.retries}; unanswered {stats.unanswered}; "
         f"transport errors {dict(stats.transport_errors)}"
     )
+    if stats.server_errors_at:
+        by_5s = Counter(5 * int(t // 5) for t in stats.server_errors_at)
+        spans = ", ".join(f"{t}-{t + 5} s: {n}" for t, n in sorted(by_5s.items()))
+        print(f"5xx answers by time into the drive: {spans}")
     print(
         f"\n{'group':16} {'n':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  statuses"
     )

@@ -53,11 +53,15 @@ class Stats:
     # Patients.
     polls: int = 0
     driver_failures: list[str] = field(default_factory=list)
+    t0: float = field(default_factory=time.monotonic)
+    server_errors_at: list[float] = field(default_factory=list)  # seconds into the drive
 
     def record(self, group: str, status: int, seconds: float) -> None:
         """One answered request."""
         self.latencies[group].append(seconds)
         self.statuses[group][status] += 1
+        if status >= 500:
+            self.server_errors_at.append(time.monotonic() - self.t0)
 
 
 class Cluster:
