@@ -437,7 +437,7 @@ def main() -> int:
             LiveServer(args=["serve"], env=env, cwd=workdir) for _ in range(args.replicas)
         )
         with ThreadPoolExecutor(args.replicas) as pool:
-            list(pool.map(lambda r: r.start(timeout=180), replicas))
+            list(pool.map(lambda r: r.start(timeout=240), replicas))
         schedulers.append(Scheduler(env, workdir, 1))
         log(f"replicas on {[r.port for r in replicas]}; scheduler pid {schedulers[0].process.pid}")
         events: list[str] = []
@@ -454,7 +454,7 @@ def main() -> int:
                 victim.kill()
                 note(f"SIGKILL replica :{victim.port}")
                 await asyncio.sleep(5.0)
-                await loop.run_in_executor(None, lambda: victim.start(timeout=120))
+                await loop.run_in_executor(None, lambda: victim.start(timeout=240))
                 note(f"replica :{victim.port} restarted")
 
             def note(what: str) -> None:
