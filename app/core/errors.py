@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -31,6 +33,8 @@ STATUS_CODES = {
     500: "internal_error",
     503: "unavailable",
 }
+
+log = logging.getLogger("clinaiops.errors")
 
 
 class ProblemError(Exception):
@@ -112,6 +116,19 @@ def install(app: FastAPI) -> None:
         code = STATUS_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else code
         return problem_response(exc.status_code, code, detail, headers=dict(exc.headers or {}))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_down(_: Request, exc: DBAPIError) -> Response:
+        # The database restarted, failed over or refused a connection: nothing was committed
+        # (the session rolls back), so the client may retry, with its idempotency key.
+        log.warning("database unavailable: %s", type(exc.orig).__name__)
+        return problem_response(
+            503,
+            "database_unavailable",
+            "the database is not reachable right now; retry shortly",
+            headers={"retry-after": "5"},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
