@@ -305,9 +305,11 @@ AUTHZ_MARK = "__clinaiops_authz__"
 PatientResolver = Callable[[Session, Request, Principal], str | None]
 # A patient id no record has: an unresolvable object is out of every scope (404).
 _UNRESOLVED = "00000000-0000-0000-0000-000000000000"
-# The largest integer the database stores (signed 64 bits): ids, offsets and sequence numbers
-# are bounded by it, so a larger one is a 422, not an overflow while binding it (a 500).
+# The largest integers the database stores: a BIGINT (offsets, audit sequence numbers) and an
+# INTEGER (user and care-team ids). A larger one is a 422, not an overflow while binding it or
+# a PostgreSQL range error (a 500).
 MAX_DB_INT = 2**63 - 1
+MAX_ID = 2**31 - 1
 _ID_MAX = 36  # patient ids are UUIDs (the audit log's patient_id column holds 36 characters)
 
 

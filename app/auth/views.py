@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlmodel import col
 
-from app.api.deps import MAX_DB_INT, Access, SessionDep, SettingsDep, public_route, require
+from app.api.deps import MAX_ID, Access, SessionDep, SettingsDep, public_route, require
 from app.auth import service
 from app.auth.models import Role, User
 from app.auth.security import create_access_token
@@ -191,7 +191,7 @@ def list_users(
 
 @router.post("/admin/users/{user_id}/disable", response_model=UserRead)
 def disable_user(
-    user_id: Annotated[int, Path(le=MAX_DB_INT)],
+    user_id: Annotated[int, Path(le=MAX_ID)],
     session: SessionDep,
     access: Annotated[Access, require("user", "manage", audit_as="user.disable")],
 ) -> UserRead:

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
-from app.api.deps import MAX_DB_INT, Access, SessionDep, require
+from app.api.deps import MAX_DB_INT, MAX_ID, Access, SessionDep, require
 from app.auth.models import User
 from app.core.errors import ProblemError
 from app.patients import service
@@ -87,7 +87,7 @@ class PatientCreate(BaseModel):
     sex: Sex
     has_diabetes: bool = False
     has_ckd: bool = False
-    care_team_id: int | None = Field(default=None, ge=1, le=MAX_DB_INT)
+    care_team_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
 class Created(BaseModel):
@@ -160,13 +160,13 @@ def create_care_team(
 class MemberAdd(BaseModel):
     """Add a clinician (by user id) or a patient (by patient id) to a care team."""
 
-    user_id: int | None = Field(default=None, ge=1, le=MAX_DB_INT)
+    user_id: int | None = Field(default=None, ge=1, le=MAX_ID)
     patient_id: str | None = Field(default=None, max_length=36)
 
 
 @router.post("/admin/care-teams/{team_id}/members", response_model=CareTeamRead)
 def add_care_team_member(
-    team_id: Annotated[int, Path(le=MAX_DB_INT)],
+    team_id: Annotated[int, Path(le=MAX_ID)],
     body: MemberAdd,
     session: SessionDep,
     access: Annotated[Access, require("care_team", "manage", audit_as="care_team.add_member")],

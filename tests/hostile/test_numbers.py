@@ -1,5 +1,6 @@
-"""Integers past what the database stores (signed 64 bits) in a path, a query or a body, found
-by schemathesis: each is a 422 problem document, never an overflow while binding it (a 500)."""
+"""Integers past what the database stores (a BIGINT, or an INTEGER for user and care-team ids)
+in a path, a query or a body, found by schemathesis: each is a 422 problem document, never an
+overflow while binding it or a PostgreSQL range error (a 500)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import pytest
 
 from tests.hostile.conftest import Caller, Scene, assert_problem
 
-HUGE = 2**63  # one past the largest signed 64-bit integer
+HUGE = 2**63  # one past the largest BIGINT
+PAST_INTEGER = 2**31  # one past the largest INTEGER (user and care-team ids)
 # (caller, method, path, body)
 OVERFLOWS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("clina", "GET", f"/api/v1/patients?offset={HUGE}", None),
     ("clina", "GET", f"/api/v1/patients?offset={10**28}", None),
     ("admin", "POST", f"/api/v1/admin/users/{HUGE}/disable", None),
+    ("admin", "POST", f"/api/v1/admin/users/{PAST_INTEGER}/disable", None),
+    ("admin", "POST", f"/api/v1/admin/care-teams/{PAST_INTEGER}/members", {"user_id": 1}),
+    ("admin", "POST", "/api/v1/admin/care-teams/1/members", {"user_id": PAST_INTEGER}),
     ("admin", "POST", f"/api/v1/admin/care-teams/{HUGE}/members", {"user_id": 1}),
     ("admin", "POST", "/api/v1/admin/care-teams/1/members", {"user_id": HUGE}),
     ("clina", "GET", f"/api/v1/review/queue?offset={HUGE}", None),
@@ -49,6 +54,6 @@ def test_admin_patient_when_care_team_id_overflows_is_422(
         "family_name": "F",
         "birth_date": "1960-01-01",
         "sex": "female",
-        "care_team_id": HUGE,
+        "care_team_id": PAST_INTEGER,
     }
     assert_problem(as_("admin")("POST", "/api/v1/admin/patients", json=body), 422)
