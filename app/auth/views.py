@@ -191,7 +191,7 @@ def list_users(
 
 @router.post("/admin/users/{user_id}/disable", response_model=UserRead)
 def disable_user(
-    user_id: Annotated[int, Path(le=MAX_ID)],
+    user_id: Annotated[int, Path(ge=1, le=MAX_ID)],
     session: SessionDep,
     access: Annotated[Access, require("user", "manage", audit_as="user.disable")],
 ) -> UserRead:

@@ -166,7 +166,7 @@ class MemberAdd(BaseModel):
 
 @router.post("/admin/care-teams/{team_id}/members", response_model=CareTeamRead)
 def add_care_team_member(
-    team_id: Annotated[int, Path(le=MAX_ID)],
+    team_id: Annotated[int, Path(ge=1, le=MAX_ID)],
     body: MemberAdd,
     session: SessionDep,
     access: Annotated[Access, require("care_team", "manage", audit_as="care_team.add_member")],

@@ -19,6 +19,8 @@ OVERFLOWS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("clina", "GET", f"/api/v1/patients?offset={10**28}", None),
     ("admin", "POST", f"/api/v1/admin/users/{HUGE}/disable", None),
     ("admin", "POST", f"/api/v1/admin/users/{PAST_INTEGER}/disable", None),
+    ("admin", "POST", f"/api/v1/admin/users/{-PAST_INTEGER * 1000}/disable", None),
+    ("admin", "POST", f"/api/v1/admin/care-teams/{-PAST_INTEGER * 1000}/members", {"user_id": 1}),
     ("admin", "POST", f"/api/v1/admin/care-teams/{PAST_INTEGER}/members", {"user_id": 1}),
     ("admin", "POST", "/api/v1/admin/care-teams/1/members", {"user_id": PAST_INTEGER}),
     ("admin", "POST", f"/api/v1/admin/care-teams/{HUGE}/members", {"user_id": 1}),
