@@ -418,6 +418,18 @@ def main() -> int:
             timeout=300,
         )
         t = time.monotonic()
+        # A production model, so the loop workers evaluate the readings as they arrive and
+        # queue proposals, as in a clinic (the demo's training run; about 20 s).
+        subprocess.run(
+            [str(CLINAIOPS), "models", "train-initial", "--patients", "120", "--days", "70"],
+            env=env,
+            cwd=workdir,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        log(f"trained model v1 in {time.monotonic() - t:.1f} s")
+        t = time.monotonic()
         seeded = seed(
             Settings(
                 database_url=url,
