@@ -68,6 +68,17 @@ def _problem(status: int) -> dict[str, Any]:
     }
 
 
+def _offers_fhir(operation: dict[str, Any]) -> bool:
+    """Whether a `format` query parameter can ask for FHIR."""
+    for parameter in operation.get("parameters", []):
+        if parameter.get("name") == "format" and parameter.get("in") == "query":
+            schema = parameter.get("schema", {})
+            options = [schema, *schema.get("anyOf", [])]
+            if any("fhir" in option.get("enum", []) for option in options):
+                return True
+    return False
+
+
 def document_errors(schema: dict[str, Any], public: set[tuple[str, str]]) -> dict[str, Any]:
     """Add the problem responses and the bearer credential to every operation, in place."""
     components = schema.setdefault("components", {})
@@ -94,6 +105,11 @@ def document_errors(schema: dict[str, Any], public: set[tuple[str, str]]) -> dic
             if "requestBody" in operation:
                 statuses += _BODY
             responses = operation.setdefault("responses", {})
+            if _offers_fhir(operation) and "200" in responses:
+                # `?format=fhir` answers the same resource as a FHIR one.
+                responses["200"].setdefault("content", {})[_FHIR_JSON] = {
+                    "schema": {"type": "object", "required": ["resourceType"]}
+                }
             if path.startswith(_FHIR_PREFIX):
                 for response in responses.values():
                     content = response.get("content", {})
