@@ -27,15 +27,21 @@ router = APIRouter(prefix="/api/v1/reports", tags=["reports"])
 
 Start = Annotated[str | None, Query(max_length=40, description="ISO date or date-time, UTC")]
 End = Annotated[str | None, Query(max_length=40, description="ISO date or date-time, UTC")]
-Pseudonym = Annotated[str | None, Query(max_length=64, description="pseudonymous patient id")]
-Actor = Annotated[str | None, Query(max_length=100)]
+# No filter text holds NUL: PostgreSQL refuses it in any text it compares (a 422, not a 500).
+_NO_NUL = r"^[^\x00]*$"
+Pseudonym = Annotated[
+    str | None, Query(max_length=64, pattern=_NO_NUL, description="pseudonymous patient id")
+]
+Actor = Annotated[str | None, Query(max_length=100, pattern=_NO_NUL)]
 Version = Annotated[int | None, Query(ge=1, le=2**31 - 1)]
-Cohort = Annotated[str | None, Query(max_length=64)]
+Cohort = Annotated[str | None, Query(max_length=64, pattern=_NO_NUL)]
 
 
 def filtered_patient(session: Session, request: Request, principal: Principal) -> str | None:
     """The patient behind the `patient_id` pseudonym filter, so the policy decides on it."""
     pseudonym = request.query_params.get("patient_id")
+    if pseudonym and "\x00" in pseudonym:
+        return None  # no patient has it (and PostgreSQL refuses NUL in a comparison)
     return patient_of(session, pseudonym) or None if pseudonym else None
 
 

@@ -68,6 +68,9 @@ def _parse(form: dict[str, str]) -> tuple[catalogue.Entry, Period, Filters]:
         period = parse_period(form["start"], form["end"], now=clock.utcnow())
     except PeriodError as exc:
         raise _Bad(exc.code, exc.detail) from exc
+    if any("\x00" in value for value in form.values()):
+        # PostgreSQL refuses NUL in any text it compares: say so, as for any other bad value.
+        raise _Bad("invalid_text", "the filters cannot hold control characters")
     version = form["model_version"]
     if version and not (version.isdigit() and 0 < int(version) < 2**31):
         raise _Bad("bad_model_version", "the model version is a whole number such as 3")

@@ -113,3 +113,25 @@ def test_cli_pack_when_month_traverses_exits_1_and_writes_nothing(
     assert "Traceback" not in done.stderr
     assert not out.exists()
     assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize("param", ["patient_id", "actor", "cohort"])
+@pytest.mark.parametrize(
+    "path", ["/api/v1/reports/decision-log", "/api/v1/reports/audit-trail/export.zip"]
+)
+def test_report_when_filter_holds_nul_is_4xx_problem(
+    scene: Scene, as_: Callable[[str], Caller], path: str, param: str
+) -> None:
+    # Found by schemathesis on PostgreSQL, which refuses NUL in any text it compares.
+    r = as_("auditor")("GET", path, params={param: "P-PA1\x00' OR 1=1"})
+    assert_problem(r, 404, 422)
+
+
+@pytest.mark.parametrize("param", ["patient_id", "actor"])
+def test_portal_report_when_filter_holds_nul_is_4xx_page(
+    scene: Scene, browser: Callable[[str], tuple[TestClient, str]], param: str
+) -> None:
+    client, _ = browser("auditor")
+    for page in ("/portal/reports/preview", "/portal/reports/download"):
+        r = client.get(page, params={"kind": "decision-log", param: "x\x00y"})
+        assert 400 <= r.status_code < 500, (page, r.status_code, r.text[:300])
