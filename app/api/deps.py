@@ -310,6 +310,8 @@ _UNRESOLVED = "00000000-0000-0000-0000-000000000000"
 # a PostgreSQL range error (a 500).
 MAX_DB_INT = 2**63 - 1
 MAX_ID = 2**31 - 1
+# Text the database stores holds no NUL: PostgreSQL refuses it (a 422, not a 500).
+NO_NUL = r"^[^\x00]*$"
 _ID_MAX = 36  # patient ids are UUIDs (the audit log's patient_id column holds 36 characters)
 
 

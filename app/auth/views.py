@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlmodel import col
 
-from app.api.deps import MAX_ID, Access, SessionDep, SettingsDep, public_route, require
+from app.api.deps import MAX_ID, NO_NUL, Access, SessionDep, SettingsDep, public_route, require
 from app.auth import service
 from app.auth.models import Role, User
 from app.auth.security import create_access_token
@@ -118,9 +118,9 @@ def read_me(session: SessionDep, access: Annotated[Access, require("me", "read")
 class UserCreate(BaseModel):
     """A new user account."""
 
-    username: str = Field(min_length=1, max_length=64)
+    username: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
     password: str = Field(min_length=1, max_length=256)
-    full_name: str = Field(min_length=1, max_length=200)
+    full_name: str = Field(min_length=1, max_length=200, pattern=NO_NUL)
     role: Role
     patient_id: str | None = Field(default=None, max_length=36)
     is_clinical_lead: bool = False

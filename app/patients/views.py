@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
 
-from app.api.deps import MAX_DB_INT, MAX_ID, Access, SessionDep, require
+from app.api.deps import MAX_DB_INT, MAX_ID, NO_NUL, Access, SessionDep, require
 from app.auth.models import User
 from app.core.errors import ProblemError
 from app.patients import service
@@ -81,8 +81,8 @@ class PatientCreate(BaseModel):
     """A patient registration."""
 
     pseudonym: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._-]+$")
-    given_name: str = Field(min_length=1, max_length=100)
-    family_name: str = Field(min_length=1, max_length=100)
+    given_name: str = Field(min_length=1, max_length=100, pattern=NO_NUL)
+    family_name: str = Field(min_length=1, max_length=100, pattern=NO_NUL)
     birth_date: date
     sex: Sex
     has_diabetes: bool = False
@@ -131,7 +131,7 @@ def register_patient(
 class CareTeamCreate(BaseModel):
     """A new care team."""
 
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=100, pattern=NO_NUL)
 
 
 class CareTeamRead(BaseModel):

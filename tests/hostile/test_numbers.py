@@ -11,6 +11,7 @@ import pytest
 
 from tests.hostile.conftest import Caller, Scene, assert_problem
 
+PASSWORD = "correct-horse-battery-9"  # strong enough: only the NUL is wrong
 HUGE = 2**63  # one past the largest BIGINT
 PAST_INTEGER = 2**31  # one past the largest INTEGER (user and care-team ids)
 # (caller, method, path, body)
@@ -59,3 +60,18 @@ def test_admin_patient_when_care_team_id_overflows_is_422(
         "care_team_id": PAST_INTEGER,
     }
     assert_problem(as_("admin")("POST", "/api/v1/admin/patients", json=body), 422)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/admin/care-teams", {"name": "Team\x00C"}),
+        ("/api/v1/admin/users", {"username": "u\x00", "password": PASSWORD, "full_name": "F"}),
+        ("/api/v1/admin/users", {"username": "u2", "password": PASSWORD, "full_name": "F\x00"}),
+    ],
+)
+def test_admin_create_when_text_holds_nul_is_422(
+    scene: Scene, as_: Callable[[str], Caller], path: str, body: dict[str, Any]
+) -> None:
+    # Found by schemathesis on PostgreSQL, which refuses NUL in text it stores.
+    assert_problem(as_("admin")("POST", path, json={"role": "clinician", **body}), 422)
