@@ -342,7 +342,8 @@ def test_run_gates_when_candidate_good_passes_stores_evidence_and_validates(
     actions = world.session.scalars(
         select(col(AuditEntry.action)).where(col(AuditEntry.resource_id) == "titration:v2")
     ).all()
-    assert actions == ["model.gates", "model.transition"]
+    # Registered (nothing -> candidate), then the gates and the move to validated.
+    assert actions == ["model.transition", "model.gates", "model.transition"]
     assert lifecycle.gates_passed(world.session, name=NAME, version=candidate.version)
 
 
