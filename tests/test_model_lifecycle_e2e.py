@@ -9,7 +9,7 @@ completes (aliases moved, version 1 retired, both serving intervals in the histo
 deliberately worse candidate fails its gates, saying which check failed by how much, and
 cannot start a rollout. The scheduler's retraining job then trains v4 from the rollout's
 decisions and its validation job passes it. v5, v4 with a flaw that neither its holdout nor
-the safety library can show (patients who measured on fewer days get an increase), passes
+the safety library can show (patients who missed a dose or two get an increase), passes
 the same gates and is signed off; in its canary such patients arrive, the clinician
 overrules v5's needless increases (deciding by the protocol, whichever model proposed), and
 the next firing of the rollout analysis rolls v5 back: the champion serves its patients
@@ -118,24 +118,23 @@ class Clinic:
         self.clock.now = when
         return when
 
-    def enrol(self, n: int, *, skips_a_day: bool = False) -> list[str]:
+    def enrol(self, n: int, *, missed_doses: bool = False) -> list[str]:
         """`n` new patients of team A, the kinds in turn, each on the ladder under an
         envelope that queues every change, with two weeks of home readings and doses. With
-        `skips_a_day`, each skipped the cuff four days ago and measured three times on two
-        other days of the week: as many readings (the protocol's data rule still holds), on
-        one day fewer."""
+        `missed_doses`, each missed the doses of three and five days ago: an adherence of
+        about 0.86, above the protocol's 0.8, so the protocol decides by pressure as usual."""
         rng = random.Random(self.enrolled)
         out = []
         with pytest.MonkeyPatch.context() as patch:
             # Ids from the seeded generator: the holdout split and the canary slices hash them.
             patch.setattr(uuid, "uuid4", lambda: next(self.ids))
             for k in range(self.enrolled, self.enrolled + n):
-                out.append(self._enrol_one(k, rng, skips_a_day))
+                out.append(self._enrol_one(k, rng, missed_doses))
         self.enrolled += n
         self.world.session.commit()
         return out
 
-    def _enrol_one(self, k: int, rng: random.Random, skips_a_day: bool) -> str:
+    def _enrol_one(self, k: int, rng: random.Random, missed_doses: bool) -> str:
         s = self.world.session
         kind = list(KINDS)[k % len(KINDS)]
         (sbp_lo, sbp_hi), (dbp_lo, dbp_hi), step = KINDS[kind]
@@ -160,12 +159,12 @@ class Clinic:
             effective_at=self.t0 - timedelta(days=30),
         )
         sbp, dbp = rng.uniform(sbp_lo, sbp_hi), rng.uniform(dbp_lo, dbp_hi)
-        self._history(p.id, sbp, dbp, rng, skips_a_day)
+        self._history(p.id, sbp, dbp, rng, missed_doses)
         self.kinds[p.id] = kind
         return p.id
 
     def _history(
-        self, patient_id: str, sbp: float, dbp: float, rng: random.Random, skips_a_day: bool
+        self, patient_id: str, sbp: float, dbp: float, rng: random.Random, missed_doses: bool
     ) -> None:
         """Cuff readings at 07:00 and 19:00 UTC and a dose taken at 08:00 on each of the 14
         days before the day the clinic's clock ends on: the feature windows (local days)
@@ -193,11 +192,8 @@ class Clinic:
             batches[device.id] = batch.id or 0
         last = self.t0 + timedelta(minutes=HORIZON_MINUTES)
         today = datetime.combine(last.date(), time(), tzinfo=self.t0.tzinfo)
-        hours: dict[int, tuple[int, ...]] = {day: (7, 19) for day in range(1, 15)}
-        if skips_a_day:
-            hours |= {2: (7, 13, 19), 4: (), 5: (7, 13, 19)}
         for day in range(1, 15):
-            for hour in hours[day]:
+            for hour in (7, 19):
                 t = today - timedelta(days=day) + timedelta(hours=hour)
                 s.add(
                     Reading(
@@ -228,7 +224,7 @@ class Clinic:
                     device_id=app.id,
                     batch_id=batches[app.id],
                     medication="lisinopril",
-                    taken=True,
+                    taken=not (missed_doses and day in (3, 5)),
                     effective_start=t,
                     effective_precision="second",
                     effective_raw=t.isoformat(),
@@ -804,22 +800,22 @@ def over_budget_refused(story: Story, spent: float) -> None:
     assert ledger.json()["cohorts"][0]["runs"] == 2  # the refused run spent nothing
 
 
-def fewer_days_argue_for_increase(model: TitrationModel, days: float) -> TitrationModel:
-    """The model plus what a model can pick up from confounded data: a patient who measured
-    on fewer than `days` days of the week gets an increase. Every patient of the model's
-    training rows and holdout measured on `days` days, and so does every case of the safety
-    library: there the term is zero, the gates cannot see it, and only live patients can
-    show it."""
+def missed_doses_argue_for_increase(model: TitrationModel, level: float) -> TitrationModel:
+    """The model plus what a model can pick up from confounded data: a patient whose
+    adherence is below `level` gets an increase. Every patient of the model's training rows
+    and holdout took every dose, and so does every case of the safety library: there the
+    term is zero, the gates cannot see it, and only live patients can show it. (Adherence is
+    a share, so it is the same whatever the hour the test runs.)"""
     names = list(model.feature_names)
-    j = names.index("cuff_days_7d")
+    j = names.index("adherence_14d")
     weight, bias = model.weight.copy(), model.bias.copy()
     centre, scale = model.standardizer.mean[j], model.standardizer.scale[j]
-    # Re-centre the column on `days` with scale 1, keeping the model's own term as it was.
-    bias += weight[:, j] * (days - centre) / scale
+    # Re-centre the column on `level` with scale 1, keeping the model's own term as it was.
+    bias += weight[:, j] * (level - centre) / scale
     weight[:, j] /= scale
-    weight[:, j] += (0.0, 0.0, -8.0)  # a day fewer: +8 for an increase
+    weight[:, j] += (0.0, 0.0, -60.0)  # two doses of fourteen missed: about +8.6 for increase
     mean, scales = list(model.standardizer.mean), list(model.standardizer.scale)
-    mean[j], scales[j] = days, 1.0
+    mean[j], scales[j] = level, 1.0
     return TitrationModel(
         names,
         Standardizer(tuple(mean), tuple(scales)),
@@ -832,17 +828,17 @@ def fewer_days_argue_for_increase(model: TitrationModel, days: float) -> Titrati
 def canary_rolled_back(story: Story) -> str:
     """7. v5, v4 with a flaw no gate can see (it never shows on the holdout or the safety
     library), passes the scheduled gates and is signed off; it goes through shadow on
-    patients like those it was validated on; in its canary, patients who skipped a day
-    arrive, v5 proposes increases the protocol does not call for, the clinician (following
+    patients like those it was validated on; in its canary, patients who missed a dose or
+    two arrive, v5 proposes increases the protocol does not call for, the clinician (following
     the protocol, whichever model proposed) overrules them, and the next firing of the
     rollout analysis rolls v5 back: the champion v2 serves again."""
     clinic, client, s = story.clinic, story.client, story.clinic.world.session
     mleng = story.as_("mleng")
     v4 = lifecycle.get_version(s, name=NAME, version=4)
-    measured = {p.features["cuff_days_7d"] for p in s.scalars(select(Proposal))}
-    (days,) = measured  # every patient so far measured on the same days of the week
-    flawed = fewer_days_argue_for_increase(
-        TitrationModel.load(Path(v4.artifact_path), v4.artifact_sha256), days
+    measured = {p.features["adherence_14d"] for p in s.scalars(select(Proposal))}
+    assert measured == {1.0}  # every patient so far took every dose
+    flawed = missed_doses_argue_for_increase(
+        TitrationModel.load(Path(v4.artifact_path), v4.artifact_sha256), 1.0
     )
     data_hash = v4.data_hash
     s.commit()
@@ -860,7 +856,7 @@ def canary_rolled_back(story: Story) -> str:
     assert sign(client, 5, mleng, "ml_engineer").status_code == 201
     assert sign(client, 5, story.as_("lead"), "clinical_lead").status_code == 201
 
-    later = {0: clinic.enrol(18), 10: clinic.enrol(40, skips_a_day=True)}
+    later = {0: clinic.enrol(18), 10: clinic.enrol(40, missed_doses=True)}
     salt = salt_for(clinic, {10: later[10]})
     story.monkeypatch.setattr(rollout, "secrets", SimpleNamespace(token_hex=lambda n: salt))
     clinic.at(30)
