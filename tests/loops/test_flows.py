@@ -292,9 +292,11 @@ def test_evaluate_when_model_now_holds_supersedes_queued_change(
     db: Session,
 ) -> None:
     pid, _ = patient
-    readings(148, 88)
+    # At noon: the next day's evaluation still sees 6 days of readings (enough data) at any
+    # hour the test runs; before 02:00 UTC the newest readings would fall a day earlier.
+    now = clock.utcnow().replace(hour=12, minute=0, second=0, microsecond=0)
+    readings(148, 88, now=now)
     service.set_kill_switch(db, enabled=True, reason="test", user_id=None)
-    now = clock.utcnow()
     queued = evaluate(
         db,
         patient_id=pid,

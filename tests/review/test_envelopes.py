@@ -193,9 +193,12 @@ def test_current_state_when_alert_open_counts_it_as_evidence(
     regimens: dict[str, MedicationRegimen],
     add_readings: Callable[..., None],
 ) -> None:
-    add_readings("pa1", 150, 92)
+    # At noon, so that two readings a day for 7 days fall on 7 local days at any hour the
+    # test runs (before 11:00 UTC the newest two would land on the day before).
+    noon = clock.utcnow().replace(hour=12, minute=0, second=0, microsecond=0)
+    add_readings("pa1", 150, 92, now=noon)
     with short() as s:
-        state = flows.current_state(s, patient_id=world.patients["pa1"].id, now=clock.utcnow())
+        state = flows.current_state(s, patient_id=world.patients["pa1"].id, now=noon)
         assert state is not None
         assert state.evidence.cuff_readings_7d == 14
         assert state.evidence.cuff_days_7d >= 4
