@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.core import clock
 from app.core.config import Settings
+from app.core.errors import ProblemError
 from reports import audit_export, fhir, render, service
 from reports.models import Filters, Period, ReportFormat, ReportKind
 
@@ -26,14 +27,12 @@ MEDIA_FHIR_JSON: Final = "application/fhir+json"
 MEDIA_ZIP: Final = "application/zip"
 
 
-class ExportRefused(Exception):
-    """An export that cannot be made as asked: the status and code to answer with."""
+class ExportRefused(ProblemError):
+    """An export that cannot be made as asked: the status and code to answer with (a
+    problem document as it stands, so the API lets it through to the error handler)."""
 
     def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.code = code
-        self.detail = detail
+        super().__init__(status, code, detail)
 
 
 @dataclass(frozen=True)

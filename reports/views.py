@@ -89,10 +89,6 @@ def send_export(session: Session, access: Access, made: exports.ExportFile) -> R
     )
 
 
-def _refused(exc: exports.ExportRefused) -> ProblemError:
-    return ProblemError(exc.status, exc.code, exc.detail)
-
-
 def _public_key(settings: Settings) -> Ed25519PublicKey:
     assert settings.signing_key_path is not None
     return keys.load_signing_key(settings.signing_key_path).public_key()
@@ -132,17 +128,14 @@ def export_audit_trail(
     and the verifier command, as one ZIP (see docs/auditor-guide.md)."""
     period = period_of(start, end)
     filters = Filters(patient_id=_text(patient_id), actor=_text(actor))
-    try:
-        made = exports.audit_trail_zip(
-            session,
-            period=period,
-            filters=filters,
-            public_key=_public_key(settings),
-            generated_by=access.principal.username or access.principal.actor,
-            now=clock.utcnow(),
-        )
-    except exports.ExportRefused as exc:
-        raise _refused(exc) from exc
+    made = exports.audit_trail_zip(
+        session,
+        period=period,
+        filters=filters,
+        public_key=_public_key(settings),
+        generated_by=access.principal.username or access.principal.actor,
+        now=clock.utcnow(),
+    )
     return send_export(session, access, made)
 
 
@@ -164,12 +157,9 @@ def export_fhir(
         )
     period = period_of(start, end)
     filters = Filters(patient_id=_text(patient_id), actor=_text(actor))
-    try:
-        made = exports.fhir_file(
-            session, name=wanted, period=period, filters=filters, now=clock.utcnow()
-        )
-    except exports.ExportRefused as exc:
-        raise _refused(exc) from exc
+    made = exports.fhir_file(
+        session, name=wanted, period=period, filters=filters, now=clock.utcnow()
+    )
     return send_export(session, access, made)
 
 
@@ -202,17 +192,14 @@ def export_report(
         model_version=model_version,
         cohort=_text(cohort),
     )
-    try:
-        made = exports.report_file(
-            session,
-            kind=ReportKind(known.kind),
-            fmt=fmt,
-            period=period,
-            filters=filters,
-            generated_by=access.principal.username or access.principal.actor,
-            now=clock.utcnow(),
-            settings=settings,
-        )
-    except exports.ExportRefused as exc:
-        raise _refused(exc) from exc
+    made = exports.report_file(
+        session,
+        kind=ReportKind(known.kind),
+        fmt=fmt,
+        period=period,
+        filters=filters,
+        generated_by=access.principal.username or access.principal.actor,
+        now=clock.utcnow(),
+        settings=settings,
+    )
     return send_export(session, access, made)

@@ -228,6 +228,4 @@ def report_download(
             )
     except _Bad as exc:
         raise ProblemError(422, exc.code, exc.detail) from exc
-    except exports.ExportRefused as exc:
-        raise ProblemError(exc.status, exc.code, exc.detail) from exc
     return send_export(session, access, made)
